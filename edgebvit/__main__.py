@@ -1,0 +1,3 @@
+from edgebvit.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Benchmark harness: host interpreter and ARM64 devices."""

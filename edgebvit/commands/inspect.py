@@ -1,0 +1,35 @@
+"""`edgebvit inspect`: what a .tflite flatbuffer contains, read from the file itself."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from edgebvit.fileio import json_default  # numpy scalars in reports
+
+
+@click.command("inspect")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the full report (every operator) as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="FILE.png",
+              help="Also write a PNG chart of MACs by precision per operator.")
+def command(file: Path, as_json: bool, plot: Optional[Path]) -> None:
+    """Explain FILE.tflite: operators by type, MACs by precision, binary share, size.
+
+    Per operator: type (LCE custom ops by name), shapes, MACs, precision (binary / int8 /
+    float), constant bytes read and tensor names, which carry the Keras layer names. Attention
+    matmuls (BATCH_MATMUL, activation x activation FULLY_CONNECTED) are counted on their own.
+    """
+    from edgebvit.converters.inspect import format_report, inspect_flatbuffer, plot_macs
+
+    report = inspect_flatbuffer(file)
+    if plot is not None:
+        plot_macs(report, plot)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=json_default))
+    else:
+        click.echo(format_report(report))
+        if plot is not None:
+            click.echo(f"\nplot: {plot}")

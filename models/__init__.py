@@ -1,0 +1,11 @@
+"""edgebvit's model zoo: binary vision transformers written so LCE turns them into binary ops.
+
+`create_model(name, **overrides)` and `list_models(pattern)` are the public surface; each family
+file registers its variants with the registry when imported here.
+"""
+from edgebvit.models.registry import ModelInfo, create_model, get_model_info, list_models, register_model
+
+# Importing a family registers its variants (and its custom layers with Keras).
+from edgebvit.models import binaryvit  # noqa: F401,E402
+
+__all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
