@@ -120,11 +120,14 @@ def read_idx(path: Path) -> np.ndarray:
 def _find_idx_dir(name: str, data_dir: Optional[Path]) -> Path:
     candidates: List[Path] = []
     if data_dir is not None:
+        # An explicit --data-dir is the only place looked: silently training on other files
+        # than the ones the user named would be worse than an error.
         candidates += [data_dir, data_dir / name.replace("_", "-"), data_dir / name]
-    if os.environ.get("EDGEBVIT_DATA_DIR"):
+    elif os.environ.get("EDGEBVIT_DATA_DIR"):
         env = Path(os.environ["EDGEBVIT_DATA_DIR"])
         candidates += [env / name.replace("_", "-"), env / name, env]
-    candidates += [Path(p).expanduser() for p in _IDX_SEARCH[name]]
+    if data_dir is None:
+        candidates += [Path(p).expanduser() for p in _IDX_SEARCH[name]]
     for d in candidates:
         if _idx_file(d, "train-images-idx3-ubyte") is not None:
             return d
@@ -203,10 +206,11 @@ def _unpickle(blob: bytes, where: str) -> Dict:
 
 def load_cifar(name: str, data_dir: Optional[Path] = None) -> Dataset:
     folder, archive, train_files, test_file, label_key = _cifar_layout(name)
-    roots = [data_dir] if data_dir is not None else []
-    if os.environ.get("EDGEBVIT_DATA_DIR"):
-        roots.append(Path(os.environ["EDGEBVIT_DATA_DIR"]))
-    roots.append(Path("~/.keras/datasets").expanduser())
+    if data_dir is not None:
+        roots = [data_dir]  # explicit: only there (see _find_idx_dir)
+    else:
+        roots = [Path(os.environ["EDGEBVIT_DATA_DIR"])] if os.environ.get("EDGEBVIT_DATA_DIR") else []
+        roots.append(Path("~/.keras/datasets").expanduser())
     blobs: Optional[Dict[str, bytes]] = None
     source = ""
     for root in roots:
@@ -292,20 +296,30 @@ def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"corrupt or unreadable image {path}: {exc}; fix or remove it") from None
+        raise DataError(f"{path}: {exc}") from None
     return arr[..., None] if channels == 1 else arr
 
 
 def _read_class_tree(root: Path, classes: Sequence[str], size: int, channels: int):
-    xs, ys = [], []
+    """Read every image under root/<class>/; unreadable files are collected and reported together
+    (by path) rather than silently skipped, so a bad download cannot shrink the dataset unnoticed."""
+    xs, ys, bad = [], [], []
     for label, cls in enumerate(classes):
         d = root / cls
         if not d.is_dir():
             continue
         for f in sorted(d.rglob("*")):
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                xs.append(_read_image(f, size, channels))
+                try:
+                    xs.append(_read_image(f, size, channels))
+                except DataError as exc:
+                    bad.append((f, exc))
+                    continue
                 ys.append(label)
+    if bad:
+        shown = "; ".join(str(p) for p, _ in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DataError(f"{len(bad)} corrupt or unreadable image(s) under {root}: {shown} "
+                        f"(first error: {bad[0][1]}); fix or remove them")
     return xs, ys
 
 
@@ -381,21 +395,38 @@ def split_validation(ds: Dataset, fraction: float, seed: int) -> Tuple[Dataset, 
 
 def make_tf_dataset(
     x: np.ndarray, y: np.ndarray, *, batch_size: int, training: bool, seed: int = 0,
-    augment=None,
+    num_classes: Optional[int] = None, augment=None, cache: bool = True,
 ):
-    """uint8 arrays -> batched, normalised `tf.data.Dataset` (shuffled with a seed when training).
+    """uint8 arrays -> batched, normalised `tf.data.Dataset` of (images, one-hot labels).
 
-    `augment`, if given, maps a float batch (images in [-1, 1], labels) to an augmented batch;
-    it runs in the pipeline only, never in the exported model.
+    Order: cache (the decoded uint8 arrays, so augmentation differs every epoch) -> seeded
+    shuffle (training only) -> per-image augmentation -> batch -> normalise to [-1, 1] ->
+    label smoothing and mixup/cutmix -> prefetch. `augment` is an `AugmentConfig`; it is
+    applied only when `training`, and only here: the exported model never contains it.
     """
     import tensorflow as tf
 
+    from edgebvit import augment as aug
+
+    if num_classes is None:
+        num_classes = int(y.max()) + 1 if len(y) else 1
     ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if cache:
+        ds = ds.cache()
+    per_image = aug.image_augmenter(augment) if (augment is not None and training) else None
+    mixer = aug.batch_mixer(augment) if (augment is not None and training) else None
+    smoothing = augment.label_smoothing if (augment is not None and training) else 0.0
     if training:
         ds = ds.shuffle(min(len(x), 50_000), seed=seed, reshuffle_each_iteration=True)
+    if per_image is not None:
+        ds = ds.map(lambda a, b: (per_image(tf.cast(a, tf.float32)), b), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=False)
-    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32) / 127.5 - 1.0, b), num_parallel_calls=tf.data.AUTOTUNE)
-    if augment is not None and training:
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
 
+    def finish(a, b):
+        labels = aug.smooth_labels(tf.one_hot(b, num_classes), smoothing)
+        return tf.cast(a, tf.float32) / 127.5 - 1.0, labels
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    if mixer is not None:
+        ds = ds.map(mixer, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -7,5 +7,7 @@ from edgebvit.models.registry import ModelInfo, create_model, get_model_info, li
 
 # Importing a family registers its variants (and its custom layers with Keras).
 from edgebvit.models import binaryvit  # noqa: F401,E402
+from edgebvit.models import teachers  # noqa: F401,E402
+from edgebvit.models import bhvit  # noqa: F401,E402
 
 __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]

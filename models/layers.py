@@ -273,15 +273,17 @@ def binary_linear(
     name: str,
     residual: bool = True,
     activation: bool = True,
+    centre: bool = True,
 ) -> tf.Tensor:
     """``RPReLU(BN(BinLinear(sign(x + b))) + shortcut(x))`` on an (B, H, W, C) token grid.
 
     The linear layer is a 1x1 `QuantConv2D`, the shortcut is identity / tile / channel-average
     depending on the width change. Turning `residual` or `activation` off gives the naive form
-    used in the ablations.
+    used in the ablations. The BN between the conv and the next sign also keeps Keras and LCE
+    from breaking float-rounding ties around 0 differently (measured by the export tests).
     """
     h = LearnableBias(name=f"{name}_move")(x)
-    h = binary_conv(out_channels, 1, name=name)(h)
+    h = binary_conv(out_channels, 1, name=name, centre=centre)(h)
     h = batch_norm(f"{name}_bn")(h)
     if residual:
         h = tf.keras.layers.Add(name=f"{name}_res")([h, channel_shortcut(x, out_channels, name=name)])
@@ -440,21 +442,254 @@ def zero_padded_avg_pool(x: tf.Tensor, pool: Sequence[int], *, name: str) -> tf.
     return tf.keras.layers.AveragePooling2D((ph, pw), strides=1, padding="valid", name=name)(x)
 
 
+
+def float_linear(
+    x: tf.Tensor,
+    out_channels: int,
+    *,
+    name: str,
+    residual: bool = True,
+    activation: bool = True,
+) -> tf.Tensor:
+    """The full-precision twin of `binary_linear`: same graph with a float 1x1 conv and no sign.
+
+    Used by the float teachers built from a binary family (``binary=False``), so a teacher and its
+    student differ only in precision.
+    """
+    h = tf.keras.layers.Conv2D(
+        out_channels, 1, use_bias=False, kernel_initializer=trunc_normal(0.02), name=name
+    )(x)
+    h = batch_norm(f"{name}_bn")(h)
+    if residual:
+        h = tf.keras.layers.Add(name=f"{name}_res")([h, channel_shortcut(x, out_channels, name=name)])
+    if activation:
+        h = RPReLU(name=f"{name}_rprelu")(h)
+    return h
+
+
+def token_linear(x: tf.Tensor, out_channels: int, *, binary: bool, name: str) -> tf.Tensor:
+    """`binary_linear` or its float twin, chosen by `binary`."""
+    fn = binary_linear if binary else float_linear
+    return fn(x, out_channels, name=name)
+
+
+def multi_pool_branches(x: tf.Tensor, sizes: Sequence[int], *, name: str) -> list:
+    """BinaryViT's multi-branch average pooling (papers.md 1.2): for each k, a 1xk and a kx1
+    stride-1 average pool of `x` with PyTorch's zero-padded (count_include_pad) borders, each
+    behind its own LayerScale starting at a=0, so the branches start switched off."""
+    out = []
+    for k in sizes:
+        for shape, tag in (((1, k), f"1x{k}"), ((k, 1), f"{k}x1")):
+            p = zero_padded_avg_pool(x, shape, name=f"{name}_avg{tag}")
+            out.append(LayerScale(init_scale=0.0, name=f"{name}_avg{tag}_ls")(p))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Token layout: class token on an NHWC grid
+# --------------------------------------------------------------------------------------------
+@serializable
+class ClassToken(tf.keras.layers.Layer):
+    """Prepend a learnable class token to the tokens, carried as one row (B, 1, N + 1, C).
+
+    The input is a token grid (B, H, W, C) or a row (B, 1, N, C); keeping the result 4-D lets
+    every token-wise linear stay a 1x1 `QuantConv2D` (an `LceBconv2d`). Grid-shaped operations
+    (pooling branches, spatial reduction) do not apply to such a row. Init: trunc-normal 0.02.
+    """
+
+    def build(self, input_shape):
+        self.token = self.add_weight(
+            name="token", shape=(1, 1, 1, input_shape[-1]), initializer=trunc_normal(0.02)
+        )
+        super().build(input_shape)
+
+    def call(self, x):
+        b = tf.shape(x)[0]
+        n = x.shape[1] * x.shape[2]
+        row = tf.reshape(x, (b, 1, n, x.shape[-1]))
+        cls = tf.tile(tf.cast(self.token, x.dtype), (b, 1, 1, 1))
+        return tf.concat([cls, row], axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, input_shape[1] * input_shape[2] + 1, input_shape[-1])
+
+
+@serializable
+class TakeToken(tf.keras.layers.Layer):
+    """The token at `index` of a (B, 1, N, C) row as a (B, C) vector: the class-token head."""
+
+    def __init__(self, *, index: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.index = int(index)
+
+    def call(self, x):
+        return x[:, 0, self.index, :]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "index": self.index}
+
+
+# --------------------------------------------------------------------------------------------
+# Spatial reduction of keys / values (PVT-style, papers.md 1.3)
+# --------------------------------------------------------------------------------------------
+def spatial_reduction(x: tf.Tensor, ratio: int, *, binary: bool = True, name: str) -> tf.Tensor:
+    """K/V source of BinaryViT's pyramid attention: ``RPReLU(BN(BinLin(p + b)) + p)`` with
+    ``p = AvgPool_rxr(x)`` (stride r), i.e. N / r^2 tokens. Identity for r == 1."""
+    if ratio == 1:
+        return x
+    h, w = x.shape[1], x.shape[2]
+    if h % ratio or w % ratio:
+        raise ValueError(f"{name}: a {h}x{w} token grid does not reduce by {ratio}")
+    p = tf.keras.layers.AveragePooling2D(ratio, strides=ratio, padding="valid", name=f"{name}_pool")(x)
+    return token_linear(p, x.shape[-1], binary=binary, name=name)
+
+
+def upsample_nearest(x: tf.Tensor, ratio: int, *, name: str) -> tf.Tensor:
+    """Nearest-neighbour upsampling by `ratio` (k_pre / v_pre back to the query grid); identity at 1."""
+    if ratio == 1:
+        return x
+    return tf.keras.layers.UpSampling2D(ratio, interpolation="nearest", name=name)(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Patch merging between pyramid stages (papers.md 1.4)
+# --------------------------------------------------------------------------------------------
+def binary_patch_merging(x: tf.Tensor, *, binary: bool = True, name: str) -> tf.Tensor:
+    """BinaryViT's `BinaryPatchEmbed`: (H, W, C) -> (H/2, W/2, 2C).
+
+    ``x0 = BN0(x); RPReLU(BN(BinConv2x2s2(x0 + b)) + tile2(AvgPool2x2(x0)))``. The conv's weights
+    are not centred (BinaryViT convs scale by mean|W| only). `binary=False` gives the float twin.
+    """
+    c = x.shape[-1]
+    x0 = batch_norm(f"{name}_bn0")(x)
+    res = tf.keras.layers.AveragePooling2D(2, strides=2, padding="valid", name=f"{name}_respool")(x0)
+    res = ChannelTile(repeats=2, name=f"{name}_tile")(res)
+    if binary:
+        h = LearnableBias(name=f"{name}_move")(x0)
+        h = binary_conv(2 * c, 2, strides=2, centre=False, name=f"{name}_conv")(h)
+    else:
+        h = tf.keras.layers.Conv2D(
+            2 * c, 2, strides=2, use_bias=False, kernel_initializer=trunc_normal(0.02), name=f"{name}_conv"
+        )(x0)
+    h = batch_norm(f"{name}_bn")(h)
+    h = tf.keras.layers.Add(name=f"{name}_res")([h, res])
+    return RPReLU(name=f"{name}_rprelu")(h)
+
+
+def float_patch_merging(x: tf.Tensor, *, name: str) -> tf.Tensor:
+    """BinaryViT*'s full-precision `PatchEmbed`: ``BN(Conv2x2s2(BN0(x)))``, (H, W, C) -> (H/2, W/2, 2C).
+
+    No residual and no RPReLU, as in the official ``--some-fp`` code.
+    """
+    x0 = batch_norm(f"{name}_bn0")(x)
+    h = tf.keras.layers.Conv2D(
+        2 * x.shape[-1], 2, strides=2, use_bias=False, kernel_initializer=trunc_normal(0.02), name=f"{name}_conv"
+    )(x0)
+    return batch_norm(f"{name}_bn")(h)
+
+
+# --------------------------------------------------------------------------------------------
+# Shifted Patch Tokenization (Lee et al. 2021, papers.md section 3)
+# --------------------------------------------------------------------------------------------
+@serializable
+class DiagonalShifts(tf.keras.layers.Layer):
+    """The image and its 4 diagonal shifts by `shift` pixels, concatenated: C -> 5C channels.
+
+    As in the SPT reference code: zero-pad by `shift` on every side, then crop the four corners
+    of the padded image (left-up, right-up, left-down, right-down) back to H x W.
+    """
+
+    def __init__(self, *, shift: int, **kwargs):
+        super().__init__(**kwargs)
+        self.shift = int(shift)
+
+    def call(self, x):
+        s = self.shift
+        h, w = x.shape[1], x.shape[2]
+        pad = tf.pad(x, ((0, 0), (s, s), (s, s), (0, 0)))
+        crops = [pad[:, i:i + h, j:j + w, :] for i, j in ((0, 0), (0, 2 * s), (2 * s, 0), (2 * s, 2 * s))]
+        return tf.concat([x, *crops], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 5 * input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "shift": self.shift}
+
+
+@serializable
+class SpaceToDepth(tf.keras.layers.Layer):
+    """Non-overlapping PxP patches flattened into channels in (p1, p2, c) order (TFLite SPACE_TO_DEPTH)."""
+
+    def __init__(self, *, block_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.block_size = int(block_size)
+
+    def call(self, x):
+        return tf.nn.space_to_depth(x, self.block_size)
+
+    def compute_output_shape(self, input_shape):
+        b = self.block_size
+        return (input_shape[0], input_shape[1] // b, input_shape[2] // b, input_shape[3] * b * b)
+
+    def get_config(self):
+        return {**super().get_config(), "block_size": self.block_size}
+
+
+def shifted_patch_tokenization(
+    x: tf.Tensor, patch_size: int, dim: int, *, norm: str = "batch", name: str
+) -> tf.Tensor:
+    """SPT stem: image (B, H, W, C) -> tokens (B, H/P, W/P, dim), all full precision.
+
+    Zero-pad by P/2 and take the 4 diagonal shifts, concat with the image (5C), space-to-depth
+    PxP, normalise the 5*C*P^2 patch vector, linear -> dim (a float 1x1 conv). `norm="batch"`
+    follows the binary runs, which replace every LayerNorm by BatchNorm; `"layer"` is the paper's.
+    """
+    if patch_size < 2 or patch_size % 2:
+        raise ValueError(f"{name}: SPT needs an even patch size, got {patch_size}")
+    if norm not in ("batch", "layer"):
+        raise ValueError(f"{name}: norm must be 'batch' or 'layer', got {norm!r}")
+    h = DiagonalShifts(shift=patch_size // 2, name=f"{name}_shifts")(x)
+    h = SpaceToDepth(block_size=patch_size, name=f"{name}_s2d")(h)
+    if norm == "batch":
+        h = batch_norm(f"{name}_norm")(h)
+    else:
+        h = tf.keras.layers.LayerNormalization(epsilon=1e-5, name=f"{name}_norm")(h)
+    return tf.keras.layers.Conv2D(
+        dim, 1, use_bias=True, kernel_initializer=trunc_normal(0.02), name=f"{name}_linear"
+    )(h)
+
+
 __all__ = [
     "AttentionProbBinarizer",
     "BinarySign",
     "ChannelAvgPool",
     "ChannelTile",
+    "ClassToken",
+    "DiagonalShifts",
     "LayerScale",
     "LearnableBias",
     "MultiHeadAttentionCore",
     "PositionEmbedding",
     "RPReLU",
     "ScaledSign",
+    "SpaceToDepth",
+    "TakeToken",
     "batch_norm",
     "binary_conv",
     "binary_linear",
+    "binary_patch_merging",
     "channel_shortcut",
+    "float_linear",
+    "float_patch_merging",
+    "multi_pool_branches",
+    "shifted_patch_tokenization",
+    "spatial_reduction",
+    "token_linear",
     "trunc_normal",
+    "upsample_nearest",
     "zero_padded_avg_pool",
 ]

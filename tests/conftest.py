@@ -25,3 +25,12 @@ def fashion_mnist_available():
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (CI installs it)")
     return FASHION_MNIST_DIR
+
+
+# The zoo-wide combined conversions (every BinaryViT variant, the BHViT ImageNet+32x32 models in
+# one flatbuffer) take 4-15 minutes of conversion on 2 cores and were not yet verified green in a
+# full run; they run only when asked for, e.g. `EDGEBVIT_HEAVY_TESTS=1 make test`.
+heavy = pytest.mark.skipif(
+    not os.environ.get("EDGEBVIT_HEAVY_TESTS"),
+    reason="zoo-wide combined LCE conversion; set EDGEBVIT_HEAVY_TESTS=1 to run",
+)
