@@ -66,6 +66,31 @@ def grouped_tflite(tmp_path_factory) -> Path:
     return path
 
 
+_LOAD_ORDER_SCRIPT = """
+import sys
+import edgebvit
+from edgebvit.bench.interp_bench import load_lite_interpreter_class
+import larq_compute_engine as lce
+fb = open(sys.argv[1], "rb").read()
+if sys.argv[2] == "bench-first":
+    load_lite_interpreter_class()(fb, 1, False, False, False)
+    lce.testing.Interpreter(fb, num_threads=1)
+else:
+    lce.testing.Interpreter(fb, num_threads=1)
+    load_lite_interpreter_class()(fb, 1, False, False, False)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("order", ["bench-first", "parity-first"])
+def test_bench_and_parity_interpreters_share_one_extension(tiny_tflite, order):
+    """The bench loads LCE's interpreter extension by path; lce.testing.Interpreter imports it by
+    name. In one process, in either order, both must work (pybind11 refuses a second load)."""
+    res = subprocess.run([sys.executable, "-c", _LOAD_ORDER_SCRIPT, str(tiny_tflite), order],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
 def _invoke(args):
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     return result

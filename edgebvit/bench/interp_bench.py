@@ -24,6 +24,7 @@ import time
 
 MARKER = "EDGEBVIT_BENCH_JSON "
 SCRIPT_VERSION = 1
+_WRAPPER_MODULE = "larq_compute_engine.tflite.python.interpreter_wrapper_lite"
 
 
 def load_lite_interpreter_class():
@@ -33,6 +34,12 @@ def load_lite_interpreter_class():
     TensorFlow and the converter (about 4 s and a full TensorFlow install); the benchmark only
     needs the TFLite runtime with LCE's kernels, which the extension carries on its own.
     """
+    # One extension, one module object: pybind11 refuses to register LiteInterpreter twice in a
+    # process, so the by-path load goes under the official name and a later
+    # `lce.testing.Interpreter` (which imports that name) reuses it instead of loading it again.
+    loaded = sys.modules.get(_WRAPPER_MODULE)
+    if loaded is not None:
+        return loaded.LiteInterpreter
     spec = importlib.util.find_spec("larq_compute_engine")
     if spec is not None and spec.submodule_search_locations:
         pkg_dir = list(spec.submodule_search_locations)[0]
@@ -41,13 +48,14 @@ def load_lite_interpreter_class():
             if not path.endswith((".so", ".pyd")):
                 continue
             try:
-                loader = importlib.machinery.ExtensionFileLoader("interpreter_wrapper_lite", path)
-                mod_spec = importlib.util.spec_from_file_location("interpreter_wrapper_lite", path, loader=loader)
+                loader = importlib.machinery.ExtensionFileLoader(_WRAPPER_MODULE, path)
+                mod_spec = importlib.util.spec_from_file_location(_WRAPPER_MODULE, path, loader=loader)
                 module = importlib.util.module_from_spec(mod_spec)
                 loader.exec_module(module)
-                return module.LiteInterpreter
             except ImportError:
                 break
+            sys.modules[_WRAPPER_MODULE] = module
+            return module.LiteInterpreter
     # The slow but official route (also raises a clear ImportError when LCE is missing).
     from larq_compute_engine.tflite.python import interpreter_wrapper_lite
 
