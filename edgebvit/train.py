@@ -251,6 +251,7 @@ def make_optimizer(cfg: RunConfig, steps_per_epoch: int, model: tf.keras.Model):
             raise EdgebvitError(f"optimizer bop trains binary kernels, but {cfg.model} has none; use adam")
         if o.weight_decay:
             raise EdgebvitError("optimizer bop does not take weight_decay; set optim.weight_decay=0")
+        unmask_ste_for_bop(model)
         return lq.optimizers.CaseOptimizer(
             (lq.optimizers.Bop.is_binary_variable,
              lq.optimizers.Bop(threshold=o.bop_threshold, gamma=o.bop_gamma)),
@@ -265,6 +266,21 @@ def make_optimizer(cfg: RunConfig, steps_per_epoch: int, model: tf.keras.Model):
         var_names=["bias", "beta", "gamma", "embedding", "scale", "shift", "slope", "alpha"],
     )
     return opt
+
+
+def unmask_ste_for_bop(model: tf.keras.Model) -> int:
+    """Switch ScaledSign kernels to the unmasked straight-through gradient (see ScaledSign); the
+    forward pass, and so the exported model, is unchanged. Returns how many were switched."""
+    from edgebvit.models.layers import ScaledSign
+    from edgebvit.models.regularizers import binary_layers
+
+    switched = 0
+    for layer in binary_layers(model):
+        q = layer.kernel_quantizer
+        if isinstance(q, ScaledSign) and q.ste_mask != "none":
+            q.ste_mask = "none"
+            switched += 1
+    return switched
 
 
 def _stepping_optimizer(opt):

@@ -65,6 +65,15 @@ def _sign_ste_clipped(x):
     return lq.math.sign(x), grad
 
 
+@tf.custom_gradient
+def _sign_ste(x):
+    """larq sign forward; plain straight-through (identity) gradient."""
+    return lq.math.sign(x), lambda dy: dy
+
+
+STE_MASKS = ("centred", "none")
+
+
 @serializable
 class ScaledSign(lq.quantizers.Quantizer):
     """Binary weight quantizer of both official repos (papers.md section 0).
@@ -74,24 +83,31 @@ class ScaledSign(lq.quantizers.Quantizer):
     For a Keras conv kernel (kh, kw, in, out) the reductions run over axes (0, 1, 2).
 
     ``centre=True`` for linear layers and BHViT convs; BinaryViT's convs do not centre.
+    ``ste_mask="none"`` drops the mask: under Bop the latent weights are exactly +-1, so a channel
+    with mostly +1 has mean near 1 and its -1 weights sit at ``|W_c|`` near 2, where the mask would
+    zero their gradient and Bop could never flip them back. The trainer sets it for Bop.
     After constant folding the kernel is exactly +-alpha per output channel, which is what LCE's
     converter requires to emit `LceBconv2d`.
     """
 
     precision = 1
 
-    def __init__(self, *, centre: bool = True, **kwargs):
+    def __init__(self, *, centre: bool = True, ste_mask: str = "centred", **kwargs):
         super().__init__(**kwargs)
+        if ste_mask not in STE_MASKS:
+            raise ValueError(f"ste_mask must be one of {STE_MASKS}, got {ste_mask!r}")
         self.centre = centre
+        self.ste_mask = ste_mask
 
     def call(self, inputs):
         axes = list(range(len(inputs.shape) - 1))
         alpha = tf.stop_gradient(tf.reduce_mean(tf.abs(inputs), axis=axes, keepdims=True))
         w = inputs - tf.reduce_mean(inputs, axis=axes, keepdims=True) if self.centre else inputs
-        return alpha * _sign_ste_clipped(w)
+        sign = _sign_ste_clipped if self.ste_mask == "centred" else _sign_ste
+        return alpha * sign(w)
 
     def get_config(self):
-        return {**super().get_config(), "centre": self.centre}
+        return {**super().get_config(), "centre": self.centre, "ste_mask": self.ste_mask}
 
 
 # --------------------------------------------------------------------------------------------

@@ -312,9 +312,9 @@ def reduced_overrides(name, num_classes=10):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SMALL_IMAGE)
-def test_one_training_step(name, trained_small):
-    loss0, loss1, model = trained_small[repr(resolve_config(name, **reduced_overrides(name)))]
+@pytest.mark.parametrize("name", VARIANTS)
+def test_one_training_step(name, trained_reduced):
+    loss0, loss1, model = trained_reduced[repr(resolve_config(name, **reduced_overrides(name)))]
     assert np.isfinite(loss0) and np.isfinite(loss1)
     lsq = [l.quantizer for l in model.submodules if isinstance(l, B.QDAttention)]
     assert lsq and all(q.initialized.numpy() == 1.0 for q in lsq)  # first batch initialised QD
@@ -322,17 +322,18 @@ def test_one_training_step(name, trained_small):
 
 
 @pytest.fixture(scope="module")
-def trained_small():
-    """Small-image variants at reduced size (tiny/small coincide there): two Adam steps each."""
+def trained_reduced():
+    """Every variant at reduced size (tiny/small coincide there): two Adam steps each."""
     out = {}
-    for name in SMALL_IMAGE:
+    for name in VARIANTS:
         key = repr(resolve_config(name, **reduced_overrides(name)))
         if key in out:
             continue
         tf.keras.utils.set_random_seed(0)
         model = create_model(name, **reduced_overrides(name))
-        x = tf.random.normal((8, 32, 32, 3))
-        y = tf.one_hot(tf.range(8) % 10, 10)
+        n = 8 if model.input_shape[1] <= 32 else 2  # 224x224 inputs: a small batch keeps it quick
+        x = tf.random.normal((n, *model.input_shape[1:]))
+        y = tf.one_hot(tf.range(n) % 10, 10)
         opt = tf.keras.optimizers.legacy.Adam(1e-3)
         kernels = [l.kernel for l in model.submodules if isinstance(l, lq.layers.QuantConv2D)]
         before = [k.numpy().copy() for k in kernels]

@@ -55,15 +55,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    p = tmp_path_factory.mktemp("data") / "toy.npz"
-    np.savez(p, x_train=rng.integers(0, 256, (64, 16, 16), dtype=np.uint8), y_train=np.arange(64) % 4,
-             x_test=rng.integers(0, 256, (16, 16, 16), dtype=np.uint8), y_test=np.arange(16) % 4)
-    return p
-
-
 def _launch(tmp_path, run, strategy, data, model, env_extra=None):
     script = tmp_path / "dist.py"
     script.write_text(SCRIPT)

@@ -45,6 +45,32 @@ def test_scaled_sign_gradient_is_ste_masked_by_abs_wc_le_1(centre):
     assert (np.abs(wc) > 1).any() and (np.abs(wc) <= 1).any()  # both sides of the mask exercised
 
 
+def test_scaled_sign_without_mask_reaches_minority_signs_of_bop_latents():
+    """Bop keeps latents at exactly +-1. In a channel of mostly +1 the centred -1 weights sit near
+    -2: the official mask starves them, ste_mask="none" passes their gradient through."""
+    wn = np.ones((1, 1, 32, 2), np.float32)
+    wn[0, 0, :3, :] = -1.0  # minority signs; centred value -1 - 26/32 = -1.8125
+    w = tf.Variable(wn)
+    g = tf.constant(_grid((1, 1, 32, 2), seed=3))
+
+    def grad(mask):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(L.ScaledSign(centre=True, ste_mask=mask)(w) * g)
+        return tape.gradient(loss, w).numpy()
+
+    masked, unmasked = grad("centred"), grad("none")
+    alpha = np.abs(wn).mean(axis=(0, 1, 2), keepdims=True)
+    gn = g.numpy()
+    want = alpha * gn - (alpha * gn).mean(axis=(0, 1, 2), keepdims=True)  # centring's own gradient
+    np.testing.assert_allclose(unmasked, want, rtol=1e-5, atol=1e-7)
+    inner = alpha * gn * np.concatenate([np.zeros((1, 1, 3, 2)), np.ones((1, 1, 29, 2))], axis=2)
+    np.testing.assert_allclose(masked, inner - inner.mean(axis=(0, 1, 2), keepdims=True), rtol=1e-5, atol=1e-7)
+    # Same forward either way, so the exported model does not depend on the optimizer.
+    np.testing.assert_array_equal(L.ScaledSign(ste_mask="none")(w).numpy(), L.ScaledSign()(w).numpy())
+    with pytest.raises(ValueError, match="ste_mask"):
+        L.ScaledSign(ste_mask="abs")
+
+
 def test_binary_sign_forward_and_approx_sign_gradient():
     x = tf.Variable(np.linspace(-1.5, 1.5, 13, dtype=np.float32).reshape(1, 1, 13, 1) + 0.01)
     layer = L.BinarySign()

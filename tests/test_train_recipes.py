@@ -19,15 +19,6 @@ pytestmark = pytest.mark.slow
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 1, "pool_branches": [3]}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    p = tmp_path_factory.mktemp("data") / "toy.npz"
-    np.savez(p, x_train=rng.integers(0, 256, (64, 16, 16), dtype=np.uint8), y_train=np.arange(64) % 4,
-             x_test=rng.integers(0, 256, (16, 16, 16), dtype=np.uint8), y_test=np.arange(16) % 4)
-    return p
-
-
 class StageProbe(tf.keras.callbacks.Callback):
     """Records, per epoch, whether a binary layer's kernel reads as its float latent or binarized."""
 
@@ -91,12 +82,14 @@ def test_bop_flips_binary_kernels_and_adam_trains_the_rest(tmp_path, data):
             self.binary = [latent(layer.kernel).numpy() for layer in binary_layers(self.model.student)]
             self.head = self.model.student.get_layer("head").kernel.numpy()
             self.opt = self.model.optimizer
+            self.masks = {layer.kernel_quantizer.ste_mask for layer in binary_layers(self.model.student)}
 
     keep = Keep()
     result = train(cfg, tmp_path / "run", extra_callbacks=(keep,), verbose=0, log=lambda *_: None)
     assert isinstance(keep.opt, lq.optimizers.CaseOptimizer)
     # Bop writes signs: every binary latent weight is exactly +-1 after its first step.
     assert all(set(np.unique(w)) <= {-1.0, 1.0} for w in keep.binary)
+    assert keep.masks == {"none"}  # no STE mask that would freeze minority signs under Bop
     assert result.summary["optimizer_steps"] == 3
     assert np.isfinite(result.test_loss)
 
