@@ -12,7 +12,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 .PHONY: quickstart test install data clean help
 
 help:
-	@echo "make quickstart  - train, export, verify and benchmark a small binary ViT (about 15 min)"
+	@echo "make quickstart  - train, export, verify and benchmark a small binary ViT (about 17 min)"
 	@echo "make test        - run the tests"
 	@echo "make install     - create $(VENV) and install edgebvit with its pinned stack"
 
