@@ -55,22 +55,6 @@ def batch_norm(name: str) -> tf.keras.layers.BatchNormalization:
 # --------------------------------------------------------------------------------------------
 # Quantizers
 # --------------------------------------------------------------------------------------------
-@tf.custom_gradient
-def _sign_ste_clipped(x):
-    """larq sign forward; straight-through gradient where |x| <= 1 (the official code's clamp)."""
-
-    def grad(dy):
-        return dy * tf.cast(tf.abs(x) <= 1.0, dy.dtype)
-
-    return lq.math.sign(x), grad
-
-
-@tf.custom_gradient
-def _sign_ste(x):
-    """larq sign forward; plain straight-through (identity) gradient."""
-    return lq.math.sign(x), lambda dy: dy
-
-
 STE_MASKS = ("centred", "none")
 
 
@@ -103,8 +87,9 @@ class ScaledSign(lq.quantizers.Quantizer):
         axes = list(range(len(inputs.shape) - 1))
         alpha = tf.stop_gradient(tf.reduce_mean(tf.abs(inputs), axis=axes, keepdims=True))
         w = inputs - tf.reduce_mean(inputs, axis=axes, keepdims=True) if self.centre else inputs
-        sign = _sign_ste_clipped if self.ste_mask == "centred" else _sign_ste
-        return alpha * sign(w)
+        # larq's ste_sign: sign forward, straight-through gradient masked by |w| <= clip_value
+        # (the official code's clamp), or unmasked with clip_value=None.
+        return alpha * lq.quantizers.ste_sign(w, clip_value=1.0 if self.ste_mask == "centred" else None)
 
     def get_config(self):
         return {**super().get_config(), "centre": self.centre, "ste_mask": self.ste_mask}
