@@ -36,15 +36,16 @@ def _trained_looking(model, rng) -> None:
     """
     import tensorflow as tf
 
-    binary = {id(getattr(l.kernel, "latent_variable", l.kernel)) for l in model.submodules
-              if getattr(getattr(l, "kernel_quantizer", None), "precision", None) == 1}
+    from edgebvit.models.regularizers import binary_latent_kernels, latent
+
+    binary = {id(k) for k in binary_latent_kernels(model)}
     for layer in model.submodules:
         if isinstance(layer, tf.keras.layers.BatchNormalization):
             g, b, mu, v = layer.get_weights()
             layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0.0, 0.3, b.shape),
                                rng.normal(0.0, 0.3, mu.shape), rng.uniform(0.5, 1.5, v.shape)])
     for w in model.trainable_weights:
-        w = getattr(w, "latent_variable", w)
+        w = latent(w)
         if id(w) in binary or not w.dtype.is_floating:
             continue
         value = w.numpy()
@@ -52,7 +53,6 @@ def _trained_looking(model, rng) -> None:
 
 
 def measure(name: str, parity_samples: int) -> dict:
-    import larq as lq
     import numpy as np
     import tensorflow as tf
 
@@ -61,6 +61,7 @@ def measure(name: str, parity_samples: int) -> dict:
     from edgebvit.converters.parity import check_parity
     from edgebvit.models import create_model
     from edgebvit.models.profile import profile_model
+    from edgebvit.models.regularizers import binary_layers
 
     tf.keras.utils.set_random_seed(0)
     model = create_model(name)
@@ -71,8 +72,7 @@ def measure(name: str, parity_samples: int) -> dict:
     flatbuffer = convert(model, ExportOptions())
     convert_s = time.perf_counter() - t0
     report = inspect_flatbuffer(flatbuffer)
-    keras_bconvs = sum(isinstance(l, lq.layers.QuantConv2D) and l.kernel_quantizer is not None
-                       and getattr(l.kernel_quantizer, "precision", None) == 1 for l in model.submodules)
+    keras_bconvs = len(binary_layers(model))
     counts = report.op_counts()
     x = rng.normal(size=(parity_samples, *model.input_shape[1:])).astype(np.float32)
     parity = check_parity(model, flatbuffer, x)
