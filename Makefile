@@ -35,6 +35,7 @@ quickstart: $(STAMP) data
 	$(PY) tools/quickstart.py
 
 test: $(STAMP) data
+	$(PY) tools/lint_imports.py
 	$(PY) -m pytest -q
 
 clean:

@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from edgebvit.artifacts import MODEL_FILE, PARITY_FILE, TFLITE_FILE, export_report_name
 from edgebvit.errors import DataError, EdgebvitError, ModelError, ParityError
 
 TARGETS = ("arm", "xcore")
@@ -67,14 +68,14 @@ def resolve_source(path) -> Source:
     p = Path(path)
     if not p.exists():
         raise ModelError(f"{p}: no such file or directory")
-    if p.is_dir() and (p / "model.keras").is_file():
-        npz = p / "parity_images.npz"
-        return Source(model_path=p / "model.keras", run_dir=p, parity_data=npz if npz.exists() else None,
-                      default_output=p / "model.tflite")
+    if p.is_dir() and (p / MODEL_FILE).is_file():
+        npz = p / PARITY_FILE
+        return Source(model_path=p / MODEL_FILE, run_dir=p, parity_data=npz if npz.exists() else None,
+                      default_output=p / TFLITE_FILE)
     if p.is_dir():
         if (p / "saved_model.pb").is_file():
             return Source(model_path=p, run_dir=None, parity_data=None, default_output=p.parent / f"{p.name}.tflite")
-        raise ModelError(f"{p}: not a run directory (no model.keras) nor a SavedModel (no saved_model.pb)")
+        raise ModelError(f"{p}: not a run directory (no {MODEL_FILE}) nor a SavedModel (no saved_model.pb)")
     if p.suffix.lower() not in (".keras", ".h5", ".hdf5"):
         raise ModelError(f"{p}: expected a run directory, a .keras/.h5 file or a SavedModel directory")
     return Source(model_path=p, run_dir=None, parity_data=None, default_output=p.with_suffix(".tflite"))
@@ -159,14 +160,14 @@ def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
     out = Path(options.output) if options.output else src.default_output
     if out.suffix != ".tflite":
         raise ModelError(f"{out}: the output file must end in .tflite")
-    report_path = out.with_name(f"{out.stem}.export.json")
+    report_path = out.with_name(export_report_name(out.stem))
 
     # Parity inputs are resolved before the slow conversion so bad data fails fast.
     parity_file = Path(options.parity_data) if options.parity_data else src.parity_data
     if options.parity_data and not parity_file.exists():
         raise DataError(f"{parity_file}: no such file")
     if src.run_dir is not None and options.parity_images > 0 and parity_file is None:
-        raise DataError(f"{src.run_dir}: no parity_images.npz (pass --parity-data NPZ, or --parity-images 0 to skip parity)")
+        raise DataError(f"{src.run_dir}: no {PARITY_FILE} (pass --parity-data NPZ, or --parity-images 0 to skip parity)")
 
     model = load_keras_model(src.model_path)
     x = y = None
@@ -239,7 +240,8 @@ def _inspection_dict(inspection, out: Path) -> dict:
 # ---- presentation --------------------------------------------------------------------------
 
 def format_export_report(report: ExportReport) -> str:
-    from edgebvit.converters.inspect import human_bytes
+    from edgebvit.converters.inspect import format_summary
+    from edgebvit.formatting import human_bytes
 
     ins = report.inspection
     lines = [f"exported {report.source} -> {report.tflite_path} ({human_bytes(ins['file_bytes'])}, "
@@ -256,7 +258,7 @@ def format_export_report(report: ExportReport) -> str:
     for f in report.findings:
         lines.append(f"  {f['severity']}: {f['layer']} ({f['layer_class']}): {f['message']}")
     lines.append("")
-    lines.append(_format_summary_dict(ins))
+    lines.append(format_summary(ins))
     lines.append("")
     p = report.parity
     if p is None:
@@ -276,28 +278,4 @@ def format_export_report(report: ExportReport) -> str:
         if d.get("note"):
             lines.append(f"  {d['note']}")
     lines.append(f"report: {report.report_path}")
-    return "\n".join(lines)
-
-
-def _format_summary_dict(ins: dict) -> str:
-    from edgebvit.converters.inspect import human_bytes
-
-    lines = [f"{'operator':<22}{'count':>6}{'MACs':>14}  precision"]
-    for r in ins["by_type"]:
-        lines.append(f"{r['op_type']:<22}{r['count']:>6}{r['macs']:>14,}  {'/'.join(r['precisions'])}")
-    m = ins["macs"]
-    attention = m["attention"]
-    by_prec = m["by_precision_excluding_attention"]
-    lines.append("")
-    lines.append(f"MACs in binary ops         {by_prec['binary']:>14,}")
-    lines.append(f"MACs in float ops          {by_prec['float']:>14,}  (excluding attention)")
-    if by_prec["int8"]:
-        lines.append(f"MACs in int8 ops           {by_prec['int8']:>14,}")
-    lines.append(f"MACs in attention matmuls  {attention:>14,}  (BATCH_MATMUL / activation x activation FULLY_CONNECTED)")
-    lines.append(f"binary MAC share           {m['binary_share']:>14.1%}")
-    lines.append(f"  excluding attention      {m['binary_share_excluding_attention']:>14.1%}")
-    f32 = ins["float32_equivalent_bytes"]
-    ratio = f32 / ins["file_bytes"] if ins["file_bytes"] else 0.0
-    lines.append(f"file size                  {human_bytes(ins['file_bytes']):>14}  "
-                 f"(float32 equivalent {human_bytes(f32)}, {ratio:.1f}x larger)")
     return "\n".join(lines)

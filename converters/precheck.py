@@ -1,7 +1,7 @@
 """Before conversion: which layers LCE will not turn into fast binary ops, and why.
 
-The rules follow what was measured with larq-compute-engine 0.16.0 (shared/design/lce.md) and
-the converter's patterns (papers.md section 4.1): only a ``QuantConv2D`` whose input is binarized
+The rules follow what was measured with larq-compute-engine 0.16.0 (docs/lce.md) and
+the converter's patterns (docs/papers.md 4.1): only a ``QuantConv2D`` whose input is binarized
 by ``larq.math.sign`` and whose kernel folds to +-alpha per output channel becomes ``LceBconv2d``.
 """
 from __future__ import annotations

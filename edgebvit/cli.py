@@ -41,7 +41,7 @@ def cli() -> None:
 
     \b
     Typical flow:
-      edgebvit train --model bvit_tiny --data fashion_mnist --epochs 3 --out runs/bvit
+      edgebvit train --model binaryvit_tiny_32 --data fashion_mnist --epochs 3 --out runs/bvit
       edgebvit export runs/bvit --tflite
       edgebvit bench runs/bvit/model.tflite
     """

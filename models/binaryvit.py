@@ -1,11 +1,11 @@
 """BinaryViT: Le & Li, "BinaryViT: Pushing Binary Vision Transformers Towards Convolutional
 Models", CVPR Workshops 2023 (arXiv 2306.16678). Official code: Phuoc-Hoan-Le/BinaryViT.
 
-Spec: ../shared/design/papers.md sections 0 and 1 (SPT / LSA: section 3). Tokens live on an NHWC
-grid (B, H, W, C), or one row (B, 1, N + 1, C) when a class token is used, so that every linear
+Spec: docs/papers.md sections 0 and 1 (SPT / LSA: section 3). Tokens live on an NHWC grid
+(B, H, W, C), or one row (B, 1, N + 1, C) when a class token is used, so that every linear
 layer is a 1x1 binary `QuantConv2D`, which LCE turns into `LceBconv2d`.
 
-One config covers the paper's whole ablation ladder (papers.md 1.6), each row a switch:
+One config covers the paper's whole ablation ladder (docs/papers.md 1.6), each row a switch:
 
 | row | ImageNet top-1 | switch                         | registered (224 / 32x32)                      |
 |-----|----------------|--------------------------------|-----------------------------------------------|
@@ -16,11 +16,12 @@ One config covers the paper's whole ablation ladder (papers.md 1.6), each row a 
 | 5   | 67.7           | 4 stages (tuples per stage)    | binaryvit_pyramid_s_224, binaryvit_pyramid_{tiny,small}_32 |
 | 6   | 70.6           | fp_downsample=True (BinaryViT*)| binaryvit_pyramid_s_224_fpmerge, binaryvit_pyramid_{tiny,small}_32_fpmerge |
 
-Per-stage fields (`embed_dim`, `depth`, `num_heads`, `mlp_ratio`, `sr_ratio`) take a scalar (one
-isotropic stage, or the same value for every stage) or a tuple with one value per stage; the
-number of stages is the length of `depth`. `spt=True` / `lsa=True` add Shifted Patch Tokenization
-and Locality Self-Attention (Lee et al. 2021) to any variant; `binary=False` builds the
-full-precision twin of the same graph (a teacher).
+The per-stage fields (`embed_dims`, `depths`, `num_heads`, `mlp_ratios`, `sr_ratios`) take a
+scalar (one isotropic stage, or the same value for every stage) or a tuple with one value per
+stage; the number of stages is the length of `depths`. `spt=True` / `lsa=True` add Shifted Patch
+Tokenization and Locality Self-Attention (Lee et al. 2021) to any variant; `binary=False` builds
+the full-precision twin of the same graph (a teacher). Field names are those of BHViTConfig
+wherever the two families mean the same thing.
 """
 from __future__ import annotations
 
@@ -34,21 +35,21 @@ from edgebvit.models import layers as L
 from edgebvit.models.registry import register_model
 
 PerStage = Union[int, Tuple[int, ...]]
-HEADS = ("cls", "gap")
+HEADS = L.HEAD_POOLINGS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BinaryViTConfig:
     """Hyper-parameters of a binary ViT with BinaryViT's ablation-ladder steps as switches."""
 
     input_shape: Tuple[int, int, int] = (32, 32, 1)
     num_classes: int = 10
     patch_size: int = 4
-    embed_dim: PerStage = 128
-    depth: PerStage = 4
+    embed_dims: PerStage = 128
+    depths: PerStage = 4
     num_heads: PerStage = 2
-    mlp_ratio: PerStage = 4
-    sr_ratio: PerStage = 1  # K/V spatial reduction per stage (PVT-style); 1 = none
+    mlp_ratios: PerStage = 4
+    sr_ratios: PerStage = 1  # K/V spatial reduction per stage (PVT-style); 1 = none
     head: str = "gap"  # "cls": class token (ladder row 1); "gap": mean of the final tokens
     pool_branches: Tuple[int, ...] = (3, 5)  # 1xk and kx1 average-pool branches on the MLP input
     layerscale: bool = True  # affine (a=0.1) before each residual add
@@ -59,65 +60,64 @@ class BinaryViTConfig:
     attn_prob_quant: str = "binary"  # "binary": BiT {0, alpha}; "none": float softmax
     binary: bool = True  # False builds the full-precision twin (same graph, float convs)
 
+    def stages(self) -> Tuple["StageSpec", ...]:
+        """Per-stage values, scalars broadcast to every stage; ModelError on inconsistent lengths."""
+        depths = tuple(self.depths) if isinstance(self.depths, (tuple, list)) else (self.depths,)
+        n = len(depths)
+
+        def per_stage(field: str):
+            value = getattr(self, field)
+            if isinstance(value, (tuple, list)):
+                if len(value) != n:
+                    raise ModelError(f"{field} has {len(value)} values but depths has {n} stages")
+                return tuple(int(v) for v in value)
+            return (int(value),) * n
+
+        fields = [per_stage(f) for f in ("embed_dims", "depths", "num_heads", "mlp_ratios", "sr_ratios")]
+        return tuple(StageSpec(*vals) for vals in zip(*fields))
+
+    def validate(self) -> None:
+        """Reject configs that cannot be built, with a one-line reason (user overrides reach here)."""
+        specs = self.stages()
+        h, w, _ = self.input_shape
+        if self.head not in HEADS:
+            raise ModelError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.attn_prob_quant not in ("binary", "none"):
+            raise ModelError(f"attn_prob_quant must be 'binary' or 'none', got {self.attn_prob_quant!r}")
+        if h % self.patch_size or w % self.patch_size:
+            raise ModelError(f"input {h}x{w} is not divisible by patch size {self.patch_size}")
+        if self.spt and self.patch_size % 2:
+            raise ModelError(f"spt needs an even patch size, got {self.patch_size}")
+        gh, gw = h // self.patch_size, w // self.patch_size
+        for i, s in enumerate(specs):
+            if s.depth < 1 or s.dim < 1 or s.mlp_ratio < 1 or s.sr_ratio < 1 or s.heads < 1:
+                raise ModelError(f"stage {i}: depths, embed_dims, num_heads, mlp_ratios, sr_ratios must be >= 1")
+            if s.dim % s.heads:
+                raise ModelError(f"stage {i}: embed_dims {s.dim} does not split into {s.heads} heads")
+            if gh % s.sr_ratio or gw % s.sr_ratio:
+                raise ModelError(f"stage {i}: a {gh}x{gw} token grid does not reduce by sr_ratios {s.sr_ratio}")
+            if i + 1 < len(specs):
+                if gh % 2 or gw % 2:
+                    raise ModelError(f"stage {i}: a {gh}x{gw} token grid cannot be merged 2x2")
+                if specs[i + 1].dim != 2 * s.dim:
+                    raise ModelError(f"stage {i + 1}: patch merging doubles the width, so embed_dims must be {2 * s.dim}")
+                gh, gw = gh // 2, gw // 2
+        if self.head == "cls":
+            if len(specs) > 1:
+                raise ModelError("head='cls' is for isotropic models (one stage); pyramids use head='gap'")
+            if self.pool_branches or specs[0].sr_ratio > 1:
+                raise ModelError("head='cls' tokens form a row, not a grid: pool_branches and sr_ratios need a grid")
+
 
 @dataclass(frozen=True)
 class StageSpec:
+    """One stage's resolved values (BinaryViTConfig.stages())."""
+
     dim: int
     depth: int
     heads: int
     mlp_ratio: int
     sr_ratio: int
-
-
-def stages(cfg: BinaryViTConfig) -> Tuple[StageSpec, ...]:
-    """Per-stage values, scalars broadcast to every stage; ModelError on inconsistent lengths."""
-    depth = tuple(cfg.depth) if isinstance(cfg.depth, (tuple, list)) else (cfg.depth,)
-    n = len(depth)
-
-    def per_stage(field: str):
-        value = getattr(cfg, field)
-        if isinstance(value, (tuple, list)):
-            if len(value) != n:
-                raise ModelError(f"{field} has {len(value)} values but depth has {n} stages")
-            return tuple(int(v) for v in value)
-        return (int(value),) * n
-
-    fields = [per_stage(f) for f in ("embed_dim", "depth", "num_heads", "mlp_ratio", "sr_ratio")]
-    return tuple(StageSpec(*vals) for vals in zip(*fields))
-
-
-def validate(cfg: BinaryViTConfig) -> Tuple[StageSpec, ...]:
-    """Reject configs that cannot be built, with a one-line reason (user overrides reach here)."""
-    specs = stages(cfg)
-    h, w, _ = cfg.input_shape
-    if cfg.head not in HEADS:
-        raise ModelError(f"head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
-    if cfg.attn_prob_quant not in ("binary", "none"):
-        raise ModelError(f"attn_prob_quant must be 'binary' or 'none', got {cfg.attn_prob_quant!r}")
-    if h % cfg.patch_size or w % cfg.patch_size:
-        raise ModelError(f"input {h}x{w} is not divisible by patch size {cfg.patch_size}")
-    if cfg.spt and cfg.patch_size % 2:
-        raise ModelError(f"spt needs an even patch size, got {cfg.patch_size}")
-    gh, gw = h // cfg.patch_size, w // cfg.patch_size
-    for i, s in enumerate(specs):
-        if s.depth < 1 or s.dim < 1 or s.mlp_ratio < 1 or s.sr_ratio < 1 or s.heads < 1:
-            raise ModelError(f"stage {i}: depth, embed_dim, num_heads, mlp_ratio, sr_ratio must be >= 1")
-        if s.dim % s.heads:
-            raise ModelError(f"stage {i}: embed_dim {s.dim} does not split into {s.heads} heads")
-        if gh % s.sr_ratio or gw % s.sr_ratio:
-            raise ModelError(f"stage {i}: a {gh}x{gw} token grid does not reduce by sr_ratio {s.sr_ratio}")
-        if i + 1 < len(specs):
-            if gh % 2 or gw % 2:
-                raise ModelError(f"stage {i}: a {gh}x{gw} token grid cannot be merged 2x2")
-            if specs[i + 1].dim != 2 * s.dim:
-                raise ModelError(f"stage {i + 1}: patch merging doubles the width, so embed_dim must be {2 * s.dim}")
-            gh, gw = gh // 2, gw // 2
-    if cfg.head == "cls":
-        if len(specs) > 1:
-            raise ModelError("head='cls' is for isotropic models (one stage); pyramids use head='gap'")
-        if cfg.pool_branches or specs[0].sr_ratio > 1:
-            raise ModelError("head='cls' tokens form a row, not a grid: pool_branches and sr_ratio need a grid")
-    return specs
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def quantize_activation(x: tf.Tensor, cfg: BinaryViTConfig, *, name: str) -> tf.
 
 
 def attention(xn: tf.Tensor, cfg: BinaryViTConfig, spec: StageSpec, *, name: str) -> tf.Tensor:
-    """BinaryViT self-attention (papers.md 1.3), with K/V spatial reduction when sr_ratio > 1.
+    """BinaryViT self-attention (docs/papers.md 1.3), with K/V spatial reduction when sr_ratio > 1.
 
     q/k/v are binary linears with residuals; Q, K, V are signs of them; the context gets the
     q/k/v pre-activations added back (k/v upsampled to the query grid), the paper's gradient path
@@ -173,49 +173,33 @@ def attention(xn: tf.Tensor, cfg: BinaryViTConfig, spec: StageSpec, *, name: str
     return out
 
 
-def mlp(xn: tf.Tensor, cfg: BinaryViTConfig, spec: StageSpec, *, name: str) -> tf.Tensor:
-    """fc1 (C -> rC, tile shortcut) then fc2 (rC -> C, channel-average shortcut); no GELU."""
-    h = L.token_linear(xn, spec.dim * spec.mlp_ratio, binary=cfg.binary, name=f"{name}_fc1")
-    out = L.token_linear(h, spec.dim, binary=cfg.binary, name=f"{name}_fc2")
-    if cfg.layerscale:
-        out = L.LayerScale(init_scale=0.1, name=f"{name}_ls")(out)
-    return out
-
-
 def encoder_block(x: tf.Tensor, cfg: BinaryViTConfig, spec: StageSpec, *, name: str) -> tf.Tensor:
-    """Pre-norm block: x + Attn(BN(x)), then + MLP(BN(x)) + pooling branches (papers.md 1.2)."""
+    """Pre-norm block: x + Attn(BN(x)), then + MLP(BN(x)) + pooling branches (docs/papers.md 1.2)."""
     xn = L.batch_norm(f"{name}_bn1")(x)
     x = tf.keras.layers.Add(name=f"{name}_attn_res")([x, attention(xn, cfg, spec, name=f"{name}_attn")])
     xn2 = L.batch_norm(f"{name}_bn2")(x)
     branches = L.multi_pool_branches(xn2, cfg.pool_branches, name=f"{name}_pool")
-    terms = [x, mlp(xn2, cfg, spec, name=f"{name}_mlp"), *branches]
+    terms = [x, L.mlp(xn2, spec.mlp_ratio, binary=cfg.binary, layerscale=cfg.layerscale, name=f"{name}_mlp"), *branches]
     return tf.keras.layers.Add(name=f"{name}_out")(terms)
 
 
 def downsample(x: tf.Tensor, cfg: BinaryViTConfig, *, name: str) -> tf.Tensor:
-    """Patch merging 2x2 (C -> 2C) between stages, then a new position embedding (papers.md 1.4)."""
+    """Patch merging 2x2 (C -> 2C) between stages, then a new position embedding (docs/papers.md 1.4).
+
+    Binary merging (BinaryViT's convs do not centre their weights) or, with `fp_downsample`,
+    BinaryViT*'s full-precision `PatchEmbed`.
+    """
     if cfg.fp_downsample:
-        x = L.float_patch_merging(x, name=name)
+        x = L.patch_merging(x, 2 * x.shape[-1], residual=False, binary=False, name=name)
     else:
-        x = L.binary_patch_merging(x, binary=cfg.binary, name=name)
+        x = L.patch_merging(x, 2 * x.shape[-1], binary=cfg.binary, centre=False, name=name)
     return L.PositionEmbedding(name=f"{name}_pos_embed")(x)
-
-
-def classifier_head(x: tf.Tensor, cfg: BinaryViTConfig) -> tf.Tensor:
-    """Final BN, class token or global average pooling over tokens, float linear classifier."""
-    x = L.batch_norm("head_bn")(x)
-    if cfg.head == "cls":
-        x = L.TakeToken(index=0, name="head_cls")(x)
-    else:
-        x = tf.keras.layers.GlobalAveragePooling2D(name="head_gap")(x)
-    return tf.keras.layers.Dense(
-        cfg.num_classes, kernel_initializer=L.trunc_normal(0.02), name="head"
-    )(x)
 
 
 def build_binaryvit(cfg: BinaryViTConfig) -> tf.keras.Model:
     """Build a BinaryViT (isotropic or pyramid) as a functional Keras model returning logits."""
-    specs = validate(cfg)
+    cfg.validate()
+    specs = cfg.stages()
     inputs = tf.keras.Input(shape=tuple(cfg.input_shape), name="image")
     x = stem(inputs, cfg, specs[0].dim)
     for s, spec in enumerate(specs):
@@ -224,54 +208,37 @@ def build_binaryvit(cfg: BinaryViTConfig) -> tf.keras.Model:
             x = encoder_block(x, cfg, spec, name=f"{prefix}{i}")
         if s + 1 < len(specs):
             x = downsample(x, cfg, name=f"merge{s}")
-    logits = classifier_head(x, cfg)
-    return tf.keras.Model(inputs, logits)
+    return tf.keras.Model(inputs, L.classifier_head(x, cfg.num_classes, pooling=cfg.head))
 
 
 # --------------------------------------------------------------------------------------------
-# Registered variants
+# Registered variants: every name spelled out, so `grep binaryvit_tiny_32_pool` finds it
 # --------------------------------------------------------------------------------------------
 _PAPER = "Le & Li, CVPRW 2023"
 _IMAGENET = dict(input_shape=(224, 224, 3), num_classes=1000)
-# Ladder rows 1-4 as switch sets on the isotropic model (papers.md 1.6).
-_ROWS = {
-    "cls": dict(head="cls", pool_branches=(), layerscale=False),
-    "gap": dict(head="gap", pool_branches=(), layerscale=False),
-    "pool": dict(head="gap", pool_branches=(3, 5), layerscale=False),
-    "": dict(head="gap", pool_branches=(3, 5), layerscale=True),
-}
-_ROW_TEXT = {
-    "cls": "ladder row 1: ReActNet-style binary DeiT, class-token head",
-    "gap": "ladder row 2: + global average pooling head",
-    "pool": "ladder row 3: + multi-branch average pooling",
-    "": "ladder row 4: + LayerScale affine before residual adds",
-}
-_ROW_TOP1 = {"cls": 48.5, "gap": 56.4, "pool": 60.2, "": 61.8}
+# Ladder rows 1-4 as switch sets on the isotropic model (docs/papers.md 1.6).
+ROW1_CLS = dict(head="cls", pool_branches=(), layerscale=False)
+ROW2_GAP = dict(head="gap", pool_branches=(), layerscale=False)
+ROW3_POOL = dict(head="gap", pool_branches=(3, 5), layerscale=False)
+ROW4_AFFINE = dict(head="gap", pool_branches=(3, 5), layerscale=True)
 
-# binary DeiT-S (papers.md 1.1); the HF DeiT embeddings have no BN after the stem.
-_DEIT_S = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4, stem_bn=False, **_IMAGENET)
+# binary DeiT-S (docs/papers.md 1.1); the HF DeiT embeddings have no BN after the stem.
+DEIT_S = dict(patch_size=16, embed_dims=384, depths=12, num_heads=6, mlp_ratios=4, stem_bn=False, **_IMAGENET)
 # BinaryViT pyramid (configs/binaryvit-small-patch4-224).
-_PYRAMID_S = dict(
-    patch_size=4, embed_dim=(64, 128, 256, 512), depth=(3, 4, 8, 4), num_heads=(1, 2, 4, 8),
-    mlp_ratio=(8, 8, 4, 4), sr_ratio=(8, 4, 1, 1), **_IMAGENET,
-)
+PYRAMID_S = dict(patch_size=4, embed_dims=(64, 128, 256, 512), depths=(3, 4, 8, 4), num_heads=(1, 2, 4, 8),
+                 mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 1, 1), **_IMAGENET)
 # 32x32 inputs (Fashion-MNIST padded, CIFAR): 8x8 tokens for the isotropic models, a patch-2 stem
 # giving 16/8/4/2 grids for the pyramids (K/V reduced to 4x4 in stages 1-2, as 7x7 at 224).
-_SMALL_IMAGE = {
-    "tiny": (
-        dict(patch_size=4, embed_dim=128, depth=4, num_heads=2, mlp_ratio=4),
-        dict(patch_size=2, embed_dim=(32, 64, 128, 256), depth=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
-             mlp_ratio=(8, 8, 4, 4), sr_ratio=(4, 2, 1, 1)),
-    ),
-    "small": (
-        dict(patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_ratio=4),
-        dict(patch_size=2, embed_dim=(32, 64, 128, 256), depth=(2, 2, 6, 2), num_heads=(1, 2, 4, 8),
-             mlp_ratio=(8, 8, 4, 4), sr_ratio=(4, 2, 1, 1)),
-    ),
-}
+TINY_32 = dict(patch_size=4, embed_dims=128, depths=4, num_heads=2, mlp_ratios=4)
+SMALL_32 = dict(patch_size=4, embed_dims=192, depths=6, num_heads=3, mlp_ratios=4)
+PYRAMID_TINY_32 = dict(patch_size=2, embed_dims=(32, 64, 128, 256), depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
+                       mlp_ratios=(8, 8, 4, 4), sr_ratios=(4, 2, 1, 1))
+PYRAMID_SMALL_32 = dict(patch_size=2, embed_dims=(32, 64, 128, 256), depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8),
+                        mlp_ratios=(8, 8, 4, 4), sr_ratios=(4, 2, 1, 1))
 
 
-def _register(name: str, *, description: str, paper_top1=None, role="student", tags=(), **fields) -> None:
+def _register(name: str, *, description: str, tags: Tuple[str, ...], paper_top1=None, role="student",
+              **fields) -> None:
     register_model(
         name, family="binaryvit", config=BinaryViTConfig(**fields), build=build_binaryvit,
         description=description, paper=_PAPER, paper_top1=paper_top1, role=role, tags=tags,
@@ -279,42 +246,55 @@ def _register(name: str, *, description: str, paper_top1=None, role="student", t
 
 
 # ImageNet-1k ladder (224x224, 1000 classes), with the paper's top-1.
-for _row, _switches in _ROWS.items():
-    _register(
-        "binaryvit_deit_s" + (f"_{_row}" if _row else "") + "_224",
-        description=f"binary DeiT-S, {_ROW_TEXT[_row]}",
-        paper_top1=_ROW_TOP1[_row], tags=("imagenet", "ladder"), **_DEIT_S, **_switches,
-    )
+_register("binaryvit_deit_s_cls_224", description="binary DeiT-S, ladder row 1: ReActNet-style binary DeiT, class-token head",
+          paper_top1=48.5, tags=("imagenet", "ladder"), **DEIT_S, **ROW1_CLS)
+_register("binaryvit_deit_s_gap_224", description="binary DeiT-S, ladder row 2: + global average pooling head",
+          paper_top1=56.4, tags=("imagenet", "ladder"), **DEIT_S, **ROW2_GAP)
+_register("binaryvit_deit_s_pool_224", description="binary DeiT-S, ladder row 3: + multi-branch average pooling",
+          paper_top1=60.2, tags=("imagenet", "ladder"), **DEIT_S, **ROW3_POOL)
+_register("binaryvit_deit_s_224", description="binary DeiT-S, ladder row 4: + LayerScale affine before residual adds",
+          paper_top1=61.8, tags=("imagenet", "ladder"), **DEIT_S, **ROW4_AFFINE)
 _register("binaryvit_pyramid_s_224", description="BinaryViT (ladder row 5): 4-stage pyramid, binary patch merging",
-          paper_top1=67.7, tags=("imagenet", "ladder"), **_PYRAMID_S)
+          paper_top1=67.7, tags=("imagenet", "ladder"), **PYRAMID_S)
 _register("binaryvit_pyramid_s_224_fpmerge", description="BinaryViT* (ladder row 6): full-precision patch merging",
-          paper_top1=70.6, tags=("imagenet", "ladder"), fp_downsample=True, **_PYRAMID_S)
+          paper_top1=70.6, tags=("imagenet", "ladder"), fp_downsample=True, **PYRAMID_S)
 
 # Small-image ladders (32x32). binaryvit_tiny_32 (row 4, tiny) is the quickstart model.
-for _size, (_iso, _pyr) in _SMALL_IMAGE.items():
-    for _row, _switches in _ROWS.items():
-        extra = ", the quickstart model" if (_size, _row) == ("tiny", "") else ""
-        _register(
-            f"binaryvit_{_size}_32" + (f"_{_row}" if _row else ""),
-            description=f"isotropic {_size} (32x32 input), {_ROW_TEXT[_row]}{extra}",
-            tags=("32x32", "ladder"), **_iso, **_switches,
-        )
-    _register(f"binaryvit_pyramid_{_size}_32", description=f"BinaryViT pyramid {_size} (32x32 input), ladder row 5",
-              tags=("32x32", "ladder"), **_pyr)
-    _register(f"binaryvit_pyramid_{_size}_32_fpmerge",
-              description=f"BinaryViT* pyramid {_size} (32x32 input), ladder row 6: FP patch merging",
-              tags=("32x32", "ladder"), fp_downsample=True, **_pyr)
+_register("binaryvit_tiny_32_cls", description="isotropic tiny (32x32 input), ladder row 1: ReActNet-style binary DeiT, class-token head",
+          tags=("32x32", "ladder"), **TINY_32, **ROW1_CLS)
+_register("binaryvit_tiny_32_gap", description="isotropic tiny (32x32 input), ladder row 2: + global average pooling head",
+          tags=("32x32", "ladder"), **TINY_32, **ROW2_GAP)
+_register("binaryvit_tiny_32_pool", description="isotropic tiny (32x32 input), ladder row 3: + multi-branch average pooling",
+          tags=("32x32", "ladder"), **TINY_32, **ROW3_POOL)
+_register("binaryvit_tiny_32", description="isotropic tiny (32x32 input), ladder row 4: + LayerScale affine before residual adds, the quickstart model",
+          tags=("32x32", "ladder"), **TINY_32, **ROW4_AFFINE)
+_register("binaryvit_pyramid_tiny_32", description="BinaryViT pyramid tiny (32x32 input), ladder row 5",
+          tags=("32x32", "ladder"), **PYRAMID_TINY_32)
+_register("binaryvit_pyramid_tiny_32_fpmerge", description="BinaryViT* pyramid tiny (32x32 input), ladder row 6: FP patch merging",
+          tags=("32x32", "ladder"), fp_downsample=True, **PYRAMID_TINY_32)
+_register("binaryvit_small_32_cls", description="isotropic small (32x32 input), ladder row 1: ReActNet-style binary DeiT, class-token head",
+          tags=("32x32", "ladder"), **SMALL_32, **ROW1_CLS)
+_register("binaryvit_small_32_gap", description="isotropic small (32x32 input), ladder row 2: + global average pooling head",
+          tags=("32x32", "ladder"), **SMALL_32, **ROW2_GAP)
+_register("binaryvit_small_32_pool", description="isotropic small (32x32 input), ladder row 3: + multi-branch average pooling",
+          tags=("32x32", "ladder"), **SMALL_32, **ROW3_POOL)
+_register("binaryvit_small_32", description="isotropic small (32x32 input), ladder row 4: + LayerScale affine before residual adds",
+          tags=("32x32", "ladder"), **SMALL_32, **ROW4_AFFINE)
+_register("binaryvit_pyramid_small_32", description="BinaryViT pyramid small (32x32 input), ladder row 5",
+          tags=("32x32", "ladder"), **PYRAMID_SMALL_32)
+_register("binaryvit_pyramid_small_32_fpmerge", description="BinaryViT* pyramid small (32x32 input), ladder row 6: FP patch merging",
+          tags=("32x32", "ladder"), fp_downsample=True, **PYRAMID_SMALL_32)
 
-# The SPT + LSA variant of the quickstart model (Lee et al. 2021, papers.md section 3).
+# The SPT + LSA variant of the quickstart model (Lee et al. 2021, docs/papers.md 3).
 _register("binaryvit_tiny_32_spt_lsa", description="binaryvit_tiny_32 + Shifted Patch Tokenization + Locality Self-Attention",
-          tags=("32x32",), spt=True, lsa=True, **_SMALL_IMAGE["tiny"][0])
+          tags=("32x32",), spt=True, lsa=True, **TINY_32)
 
 # Full-precision twins (same graph, float convs, float softmax): distillation teachers.
 _register("vit_tiny_32_fp", description="full-precision twin of binaryvit_tiny_32 (teacher / reference)",
-          role="teacher", tags=("32x32",), binary=False, **_SMALL_IMAGE["tiny"][0])
+          role="teacher", tags=("32x32",), binary=False, **TINY_32)
 _register("vit_small_32_fp", description="full-precision twin of binaryvit_small_32 (teacher / reference)",
-          role="teacher", tags=("32x32",), binary=False, **_SMALL_IMAGE["small"][0])
+          role="teacher", tags=("32x32",), binary=False, **SMALL_32)
 _register("vit_pyramid_tiny_32_fp", description="full-precision twin of binaryvit_pyramid_tiny_32 (teacher)",
-          role="teacher", tags=("32x32",), binary=False, **_SMALL_IMAGE["tiny"][1])
+          role="teacher", tags=("32x32",), binary=False, **PYRAMID_TINY_32)
 _register("vit_deit_s_224_fp", description="full-precision twin of binaryvit_deit_s_224 (the FP teacher's shape)",
-          role="teacher", tags=("imagenet",), binary=False, **_DEIT_S)
+          role="teacher", tags=("imagenet",), binary=False, **DEIT_S)

@@ -64,8 +64,8 @@ def _code_fingerprint() -> str:
     import larq
 
     h = hashlib.sha256(f"v{_CACHE_VERSION} larq {larq.__version__}".encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(str(path.relative_to(Path(__file__).parent)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -1,7 +1,13 @@
 """Model registry in the manner of timm: every variant is a name, a typed config and a builder.
 
-A family file calls `register_model(...)` once per variant. `create_model(name, **overrides)`
-replaces config fields (dataclasses.replace) and builds a fresh `tf.keras.Model`.
+A family file calls `register_model(...)` once per variant, with the name spelled out.
+`create_model(name, **overrides)` replaces config fields (dataclasses.replace) and builds a fresh
+`tf.keras.Model`; `list_models(pattern, family=..., role=..., tag=...)` lists them.
+
+Both families use one vocabulary for what they share: `input_shape`, `num_classes`,
+`patch_size`, `embed_dims`, `depths`, `num_heads`, `mlp_ratios`, `fp_downsample`, and a
+`validate()` method on the config. Older spellings (`embed_dim`, `depth`, `dims`, `stem_patch`,
+...) are accepted as overrides and mapped, so run directories written before the rename still work.
 """
 from __future__ import annotations
 
@@ -14,6 +20,13 @@ from edgebvit.errors import ModelError
 
 _REGISTRY: Dict[str, "ModelInfo"] = {}
 
+ROLES = ("student", "teacher")
+# Old config field names -> the shared vocabulary.
+FIELD_ALIASES = {
+    "embed_dim": "embed_dims", "dims": "embed_dims", "depth": "depths", "mlp_ratio": "mlp_ratios",
+    "sr_ratio": "sr_ratios", "stem_patch": "patch_size",
+}
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -21,13 +34,13 @@ class ModelInfo:
 
     name: str
     family: str
-    config: Any  # a frozen dataclass; its fields are the variant's hyper-parameters
+    config: Any  # a frozen dataclass with a validate() method; its fields are the hyper-parameters
     build: Callable[..., Any]  # build(config) -> tf.keras.Model
     description: str = ""
     role: str = "student"  # "student" (binary) or "teacher" (full precision)
     paper: str = ""
     paper_top1: Optional[float] = None  # ImageNet-1k top-1 the paper reports, if any
-    tags: Tuple[str, ...] = field(default_factory=tuple)
+    tags: Tuple[str, ...] = field(default_factory=tuple)  # e.g. "imagenet", "32x32", "ladder"
 
     @property
     def input_shape(self) -> Tuple[int, int, int]:
@@ -50,21 +63,40 @@ def register_model(
     paper_top1: Optional[float] = None,
     tags: Tuple[str, ...] = (),
 ) -> ModelInfo:
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is registered twice")
-    if not dataclasses.is_dataclass(config):
-        raise TypeError(f"config of {name!r} must be a dataclass instance")
+    """Add a variant. Registering the same variant again (a module re-imported) is a no-op;
+    registering a different variant under a taken name is an error."""
+    if not dataclasses.is_dataclass(config) or not callable(getattr(config, "validate", None)):
+        raise TypeError(f"config of {name!r} must be a dataclass instance with a validate() method")
+    if role not in ROLES:
+        raise ValueError(f"role of {name!r} must be one of {ROLES}, got {role!r}")
     info = ModelInfo(name, family, config, build, description, role, paper, paper_top1, tuple(tags))
+    existing = _REGISTRY.get(name)
+    if existing is not None:
+        # A re-imported module defines new classes: compare configs by value (repr), not identity.
+        same = (existing.family, repr(existing.config), existing.description, existing.role, existing.tags) == (
+            info.family, repr(info.config), info.description, info.role, info.tags)
+        if same and getattr(existing.build, "__qualname__", None) == getattr(build, "__qualname__", None):
+            return existing
+        raise ValueError(f"model {name!r} is registered twice with different definitions")
     _REGISTRY[name] = info
     return info
 
 
-def list_models(pattern: str = "*", *, role: Optional[str] = None) -> List[str]:
-    """Registered names matching a shell-style pattern, in registration order."""
+def list_models(pattern: str = "*", *, role: Optional[str] = None, family: Optional[str] = None,
+                tag: Optional[str] = None) -> List[str]:
+    """Registered names matching a shell-style pattern (and role / family / tag), in registration order."""
     return [
         n for n, info in _REGISTRY.items()
-        if fnmatch.fnmatch(n, pattern) and (role is None or info.role == role)
+        if fnmatch.fnmatch(n, pattern)
+        and (role is None or info.role == role)
+        and (family is None or info.family == family)
+        and (tag is None or tag in info.tags)
     ]
+
+
+def families() -> List[str]:
+    """The registered families, in registration order."""
+    return list(dict.fromkeys(info.family for info in _REGISTRY.values()))
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -81,6 +113,8 @@ def resolve_config(name: str, **overrides: Any) -> Any:
     """The variant's config with `overrides` applied (unknown keys are an error, not ignored)."""
     info = get_model_info(name)
     known = {f.name: f for f in dataclasses.fields(info.config)}
+    overrides = {(FIELD_ALIASES[k] if k not in known and FIELD_ALIASES.get(k) in known else k): v
+                 for k, v in overrides.items()}
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise ModelError(
@@ -97,7 +131,7 @@ def resolve_config(name: str, **overrides: Any) -> Any:
 def create_model(name: str, **overrides: Any):
     """Build variant `name` as a fresh, untrained `tf.keras.Model`.
 
-    Keyword overrides replace config fields, e.g. `create_model("bvit_tiny", num_classes=100)`.
+    Keyword overrides replace config fields, e.g. `create_model("binaryvit_tiny_32", num_classes=100)`.
     """
     info = get_model_info(name)
     config = resolve_config(name, **overrides)

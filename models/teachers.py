@@ -1,6 +1,6 @@
 """Full-precision teachers for distillation on small images.
 
-The binary students learn from a float teacher's soft labels (papers.md section 0, KD loss). The
+The binary students learn from a float teacher's soft labels (docs/papers.md 0, KD loss). The
 float ViT twins of each binary family live with the family (``binary=False``, e.g.
 ``vit_tiny_32_fp``); this file holds a small float CNN that trains to a strong teacher on
 32x32 data in one or two epochs on a CPU: conv-BN-ReLU stages, each ending in a 2x2 max pool,
@@ -18,7 +18,7 @@ from edgebvit.models import layers as L
 from edgebvit.models.registry import register_model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CNNConfig:
     """A VGG-style float CNN: `convs_per_stage` 3x3 conv-BN-ReLU per stage, 2x2 max pool between."""
 
@@ -28,6 +28,13 @@ class CNNConfig:
     convs_per_stage: int = 2
     dropout: float = 0.1
 
+    def validate(self) -> None:
+        h, w, _ = self.input_shape
+        if not self.widths or self.convs_per_stage < 1:
+            raise ModelError("cnn: widths must be non-empty and convs_per_stage >= 1")
+        if h % 2 ** (len(self.widths) - 1) or w % 2 ** (len(self.widths) - 1):
+            raise ModelError(f"cnn: a {h}x{w} input does not halve {len(self.widths) - 1} times")
+
 
 def conv_bn_relu(x: tf.Tensor, filters: int, *, name: str) -> tf.Tensor:
     x = tf.keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
@@ -36,11 +43,7 @@ def conv_bn_relu(x: tf.Tensor, filters: int, *, name: str) -> tf.Tensor:
 
 
 def build_cnn(cfg: CNNConfig) -> tf.keras.Model:
-    h, w, _ = cfg.input_shape
-    if not cfg.widths or cfg.convs_per_stage < 1:
-        raise ModelError("cnn: widths must be non-empty and convs_per_stage >= 1")
-    if h % 2 ** (len(cfg.widths) - 1) or w % 2 ** (len(cfg.widths) - 1):
-        raise ModelError(f"cnn: a {h}x{w} input does not halve {len(cfg.widths) - 1} times")
+    cfg.validate()
     inputs = tf.keras.Input(shape=tuple(cfg.input_shape), name="image")
     x = inputs
     for s, width in enumerate(cfg.widths):

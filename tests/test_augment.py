@@ -5,9 +5,9 @@ import pytest
 import edgebvit  # noqa: F401
 import tensorflow as tf
 
-from edgebvit import augment as aug
-from edgebvit.config import AugmentConfig
-from edgebvit.data import make_tf_dataset
+from edgebvit.training import augment as aug
+from edgebvit.training.config import AugmentConfig
+from edgebvit.training.data import make_tf_dataset
 
 
 def test_everything_off_adds_nothing():

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 import edgebvit  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from edgebvit.bench.flatbuffer import read_model_file
+from edgebvit.flatbuffer import read_model_file
 from edgebvit.bench.harness import BenchOptions, run_bench
 from edgebvit.bench.records import HOST_X86_NOTE, load_records
 from edgebvit.cli import cli

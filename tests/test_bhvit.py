@@ -1,5 +1,5 @@
 """models/bhvit.py: BHViT's blocks against hand/numpy references, parameter counts against
-papers.md 2.1, one training step, and LCE export (all binary layers -> LceBconv2d, parity).
+docs/papers.md 2.1, one training step, and LCE export (all binary layers -> LceBconv2d, parity).
 
 Model builds and the LCE conversion are the slow parts (tens of seconds each here), so every
 model is built once per module and the three reduced export models go through the converter
@@ -79,7 +79,7 @@ def test_circular_roll_matches_numpy():
     x = np.arange(2 * 5 * 4 * 3, dtype=np.float32).reshape(2, 5, 4, 3)
     for axis in (1, 2):
         for shift in (-7, -2, -1, 0, 1, 2, 4, 5, 9):
-            np.testing.assert_array_equal(B.circular_roll(tf.constant(x), shift, axis).numpy(),
+            np.testing.assert_array_equal(L.circular_roll(tf.constant(x), shift, axis).numpy(),
                                           np.roll(x, shift, axis=axis))
 
 
@@ -88,12 +88,12 @@ def test_shift_branches_match_numpy():
     for taps in (3, 5):
         for axis in (1, 2):
             want = sum(np.roll(x, s, axis=axis) for s in range(-(taps // 2), taps // 2 + 1)) / taps
-            got = B.ShiftMean(taps=taps, axis=axis)(tf.constant(x)).numpy()
+            got = L.ShiftMean(taps=taps, axis=axis)(tf.constant(x)).numpy()
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     for s in (1, 2):
         c = np.split(x, 4, axis=-1)
         want = np.concatenate([np.roll(c[0], s, 1), np.roll(c[1], -s, 1), np.roll(c[2], s, 2), np.roll(c[3], -s, 2)], -1)
-        np.testing.assert_array_equal(B.ChannelShiftMix(shift=s)(tf.constant(x)).numpy(), want)
+        np.testing.assert_array_equal(L.ChannelShiftMix(shift=s)(tf.constant(x)).numpy(), want)
 
 
 # ---- MSMHA pieces ---------------------------------------------------------------------------
@@ -107,22 +107,22 @@ def _np_windows(x, ws):
 
 def test_window_partition_and_merge_round_trip_exactly():
     x = np.random.default_rng(1).normal(size=(3, 14, 21, 5)).astype(np.float32)
-    win = B.WindowPartition(window=7)(tf.constant(x)).numpy()
+    win = L.WindowPartition(window=7)(tf.constant(x)).numpy()
     np.testing.assert_array_equal(win, _np_windows(x, 7))
-    back = B.WindowMerge(window=7, height=14, width=21)(tf.constant(win)).numpy()
+    back = L.WindowMerge(window=7, height=14, width=21)(tf.constant(win)).numpy()
     np.testing.assert_array_equal(back, x)
 
 
 def test_merged_tokens_follow_the_official_padding_quirk():
     x = np.random.default_rng(2).normal(size=(2, 7, 7, 4)).astype(np.float32)
-    layer = B.MergedTokens(window=7, padding=3)
+    layer = L.MergedTokens(window=7, padding=3)
     got = layer(tf.constant(x)).numpy()
     # One token on a 7x7 grid: padding 3 means it pools rows/cols 0..3 only; the average divides
     # by 49 (zeros of the padding count), the max ignores the padding; a starts at 0.5.
     corner = x[:, :4, :4, :]
     want = 0.5 * corner.max(axis=(1, 2)) + 0.5 * corner.sum(axis=(1, 2)) / 49.0
     np.testing.assert_allclose(got[:, 0, 0, :], want, rtol=1e-5, atol=1e-6)
-    aligned = B.MergedTokens(window=7, padding=0)(tf.constant(x)).numpy()
+    aligned = L.MergedTokens(window=7, padding=0)(tf.constant(x)).numpy()
     np.testing.assert_allclose(aligned[:, 0, 0], 0.5 * x.max(axis=(1, 2)) + 0.5 * x.mean(axis=(1, 2)), rtol=1e-5)
 
 
@@ -131,8 +131,8 @@ def test_token_split_puts_windows_back_and_spreads_merged_tokens():
     ws, h, w, c = 2, 4, 4, 3
     windows = rng.normal(size=(2, 4, ws * ws, c)).astype(np.float32)
     merged = rng.normal(size=(2, 4, 4, c)).astype(np.float32)  # 4 windows x 4 merged tokens
-    got = B.TokenSplit(window=ws, height=h, width=w)(tf.constant(np.concatenate([windows, merged], 2))).numpy()
-    x1 = B.WindowMerge(window=ws, height=h, width=w)(tf.constant(windows)).numpy()
+    got = L.TokenSplit(window=ws, height=h, width=w)(tf.constant(np.concatenate([windows, merged], 2))).numpy()
+    x1 = L.WindowMerge(window=ws, height=h, width=w)(tf.constant(windows)).numpy()
     x2 = merged.mean(axis=1).reshape(2, 2, 2, c).repeat(2, axis=1).repeat(2, axis=2)
     np.testing.assert_allclose(got, 0.5 * x1 + 0.5 * x2, rtol=1e-6, atol=1e-6)
 
@@ -148,7 +148,7 @@ def test_qd_fixed_is_the_thermometer_of_round_3a():
     pt = tf.constant(p)
     with tf.GradientTape() as tape:
         tape.watch(pt)
-        out = B.QDThermometer(levels=3)(pt)
+        out = L.QDThermometer(levels=3)(pt)
     np.testing.assert_array_equal(out.numpy(), want)
     np.testing.assert_allclose(tape.gradient(out, pt).numpy(), 3.0)  # straight-through on 3P
 
@@ -157,7 +157,7 @@ def test_qd_lsq_first_batch_init_forward_and_scaled_gradient():
     rng = np.random.default_rng(4)
     heads = 2
     p1 = tf.nn.softmax(tf.constant(rng.normal(size=(3, heads, 5, 5)).astype(np.float32)), -1)
-    q = B.QDLsq(num_heads=heads, levels=3)
+    q = L.QDLsq(num_heads=heads, levels=3)
     eval_out = q(p1, training=False).numpy()  # not initialised yet: alpha 1, z 0
     np.testing.assert_allclose(eval_out, np.clip(np.round(3 * p1.numpy()), 0, 3), atol=1e-6)
 
@@ -191,7 +191,7 @@ def test_qd_lsq_first_batch_init_forward_and_scaled_gradient():
 def test_qd_attention_is_per_window_softmax_attention():
     rng = np.random.default_rng(5)
     q, k, v = (np.sign(rng.normal(size=(2, 3, 6, 8))).astype(np.float32) for _ in range(3))
-    layer = B.QDAttention(num_heads=2, qd_form="fixed")
+    layer = L.QDAttention(num_heads=2, qd_form="fixed")
     got = layer([tf.constant(q), tf.constant(k), tf.constant(v)]).numpy()
     want = np.zeros_like(q)
     for h in range(2):
@@ -277,7 +277,7 @@ def test_msgdc_matches_a_hand_written_reference():
     np.testing.assert_allclose(model(x, training=False).numpy(), want, rtol=1e-4, atol=1e-4)
 
 
-# ---- parameter counts (papers.md 2.1) -------------------------------------------------------
+# ---- parameter counts (docs/papers.md 2.1) -------------------------------------------------------
 
 PAPER_PARAMS = {"bhvit_tiny": (13.8e6, 13.2e6), "bhvit_small": (22.7e6, 22.1e6),
                 "bhvit_tiny_fpds": (13.8e6, 13.2e6), "bhvit_small_fpds": (22.7e6, 22.1e6)}
@@ -307,7 +307,7 @@ def test_imagenet_variants_build_and_match_paper_parameter_counts(name):
 
 def reduced_overrides(name, num_classes=10):
     """Depth 1 per stage and MLP ratio 2, widths 64/128 kept (they decide split vs grouped)."""
-    return dict(depths=(1, 1, 1, 1), dims=(64, 128, 128, 128), mlp_ratios=(2, 2, 2, 2),
+    return dict(depths=(1, 1, 1, 1), embed_dims=(64, 128, 128, 128), mlp_ratios=(2, 2, 2, 2),
                 num_heads=(1, 2, 2, 2), num_classes=num_classes)
 
 
@@ -316,7 +316,7 @@ def reduced_overrides(name, num_classes=10):
 def test_one_training_step(name, trained_reduced):
     loss0, loss1, model = trained_reduced[repr(resolve_config(name, **reduced_overrides(name)))]
     assert np.isfinite(loss0) and np.isfinite(loss1)
-    lsq = [l.quantizer for l in model.submodules if isinstance(l, B.QDAttention)]
+    lsq = [l.quantizer for l in model.submodules if isinstance(l, L.QDAttention)]
     assert lsq and all(q.initialized.numpy() == 1.0 for q in lsq)  # first batch initialised QD
     assert all(not np.allclose(q.alpha.numpy(), 1.0) for q in lsq)
 
@@ -407,7 +407,7 @@ def test_every_binary_layer_becomes_lce_bconv(exported):
     bconvs = [op for op in report.ops if op.op_type == "LceBconv2d"]
     keras_binary = [l for m in models.values() for l in _binary_convs(m)]
     assert len(bconvs) == len(keras_binary)
-    assert sum(int(op.options.get("groups", 1)) > 1 for op in bconvs) == sum(l.groups > 1 for l in keras_binary)
+    assert sum(int(op.groups) > 1 for op in bconvs) == sum(l.groups > 1 for l in keras_binary)
     counts = report.op_counts()
     # Float convs: the stems (3) and fpds_alt's three float patch merges; nothing binary left float.
     assert counts.get("CONV_2D") == 3 + 3
@@ -440,11 +440,11 @@ def test_export_parity_with_keras(exported):
 def test_bench_and_parity_select_indirect_bgemm_for_grouped_bconv(exported):
     import larq_compute_engine as lce
 
-    from edgebvit.bench.flatbuffer import read_model_summary
+    from edgebvit.flatbuffer import parse
     from edgebvit.bench.harness import BenchOptions, expand_configs
 
     models, fb, _ = exported
-    summary = read_model_summary(fb)
+    summary = parse(fb)
     grouped = sum(l.groups > 1 for m in models.values() for l in _binary_convs(m))
     assert grouped == 6  # stage-2 MSGDC (d = 1, 3, 5) of the imagenet and small_image models
     assert summary.grouped_bconvs == grouped

@@ -1,5 +1,5 @@
 """models/binaryvit.py: the ablation ladder as switches, config validation, and the ImageNet
-configurations against the parameter counts computed from the official code (papers.md 1.1)."""
+configurations against the parameter counts computed from the official code (docs/papers.md 1.1)."""
 import numpy as np
 import pytest
 
@@ -12,9 +12,9 @@ from edgebvit.errors import ModelError
 from edgebvit.models import binaryvit as B
 from edgebvit.models.profile import profile_model
 
-SMALL = dict(input_shape=(16, 16, 1), num_classes=10, patch_size=4, depth=1, embed_dim=32, num_heads=1, mlp_ratio=2)
-PYRAMID = dict(input_shape=(16, 16, 1), num_classes=10, patch_size=2, depth=(1, 1), embed_dim=(32, 64),
-               num_heads=(1, 2), mlp_ratio=(2, 2), sr_ratio=(2, 1))
+SMALL = dict(input_shape=(16, 16, 1), num_classes=10, patch_size=4, depths=1, embed_dims=32, num_heads=1, mlp_ratios=2)
+PYRAMID = dict(input_shape=(16, 16, 1), num_classes=10, patch_size=2, depths=(1, 1), embed_dims=(32, 64),
+               num_heads=(1, 2), mlp_ratios=(2, 2), sr_ratios=(2, 1))
 
 
 def _names(model):
@@ -24,7 +24,7 @@ def _names(model):
 def test_quickstart_model_is_isotropic_row4_of_about_0_8m_binary_params():
     cfg = zoo.get_model_info("binaryvit_tiny_32").config
     assert cfg == B.BinaryViTConfig()  # the defaults are the quickstart model
-    assert cfg.input_shape[:2] == (32, 32) and len(B.stages(cfg)) == 1
+    assert cfg.input_shape[:2] == (32, 32) and len(cfg.stages()) == 1
     assert (cfg.head, cfg.pool_branches, cfg.layerscale) == ("gap", (3, 5), True)
     stats = profile_model(zoo.create_model("binaryvit_tiny_32"))
     assert 0.75e6 <= stats.binary_params <= 0.85e6
@@ -40,27 +40,27 @@ def test_imagenet_ladder_rows_are_switches(row, name):
     assert (cfg.head == "cls") == (row == 1)
     assert bool(cfg.pool_branches) == (row >= 3)
     assert cfg.layerscale == (row >= 4)
-    assert (len(B.stages(cfg)) == 4) == (row >= 5)
+    assert (len(cfg.stages()) == 4) == (row >= 5)
     assert cfg.fp_downsample == (row == 6)
-    B.validate(cfg)
+    cfg.validate()
 
 
 def test_per_stage_fields_broadcast_and_must_agree():
-    specs = B.stages(B.BinaryViTConfig(depth=(1, 2), embed_dim=(32, 64), num_heads=2))
+    specs = B.BinaryViTConfig(depths=(1, 2), embed_dims=(32, 64), num_heads=2).stages()
     assert [(s.depth, s.dim, s.heads, s.mlp_ratio) for s in specs] == [(1, 32, 2, 4), (2, 64, 2, 4)]
-    assert B.stages(B.BinaryViTConfig(depth=[1, 1], embed_dim=[32, 64]))[1].dim == 64  # JSON lists
-    with pytest.raises(ModelError, match="embed_dim has 3 values"):
-        B.stages(B.BinaryViTConfig(depth=(1, 1), embed_dim=(32, 64, 128)))
+    assert B.BinaryViTConfig(depths=[1, 1], embed_dims=[32, 64]).stages()[1].dim == 64  # JSON lists
+    with pytest.raises(ModelError, match="embed_dims has 3 values"):
+        B.BinaryViTConfig(depths=(1, 1), embed_dims=(32, 64, 128)).stages()
 
 
 @pytest.mark.parametrize("overrides,match", [
     (dict(head="cls", pool_branches=(3,)), "need a grid"),
-    (dict(head="cls", pool_branches=(), depth=(1, 1), embed_dim=(32, 64)), "isotropic"),
+    (dict(head="cls", pool_branches=(), depths=(1, 1), embed_dims=(32, 64)), "isotropic"),
     (dict(head="avg"), "head must be"),
     (dict(num_heads=3), "does not split"),
     (dict(patch_size=5), "not divisible"),
-    (dict(depth=(1, 1), embed_dim=(32, 48)), "must be 64"),
-    (dict(sr_ratio=3), "does not reduce"),
+    (dict(depths=(1, 1), embed_dims=(32, 48)), "must be 64"),
+    (dict(sr_ratios=3), "does not reduce"),
     (dict(spt=True, patch_size=1), "even patch"),
     (dict(attn_prob_quant="ternary"), "attn_prob_quant"),
 ])
@@ -126,7 +126,7 @@ def test_saved_model_reloads_with_identical_outputs(tmp_path):
     np.testing.assert_allclose(loaded(x).numpy(), m(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-# ---- ImageNet configurations against the official code's counts (papers.md 1.1) --------------
+# ---- ImageNet configurations against the official code's counts (docs/papers.md 1.1) --------------
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,total_m,binary_m", [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import edgebvit  # noqa: F401
-from edgebvit.data import load_dataset, make_tf_dataset, read_idx, split_validation
+from edgebvit.training.data import load_dataset, make_tf_dataset, read_idx, split_validation
 from edgebvit.errors import DataError
 
 
@@ -193,7 +193,7 @@ def _toy(n=40):
 
 
 def test_split_validation_is_seeded_and_disjoint(tmp_path):
-    from edgebvit.data import Dataset
+    from edgebvit.training.data import Dataset
 
     x, y = _toy()
     x[:, 0, 0, 0] = np.arange(40)  # a unique id per image

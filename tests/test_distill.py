@@ -5,10 +5,10 @@ import pytest
 import edgebvit  # noqa: F401
 import tensorflow as tf
 
-from edgebvit.config import RunConfig
-from edgebvit.distill import hard_distillation_loss, load_teacher, soft_distillation_loss
+from edgebvit.training.config import RunConfig
+from edgebvit.training.distill import hard_distillation_loss, load_teacher, soft_distillation_loss
 from edgebvit.errors import EdgebvitError
-from edgebvit.train import Trainer, epoch_plan
+from edgebvit.training import Trainer, epoch_plan
 
 
 def _softmax(z):

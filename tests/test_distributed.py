@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 # Binary (QuantizedVariables over mirrored variables) for the mirrored run; a tiny float CNN for
 # the two-process run, whose two TensorFlow processes share the test machine's cores.
 BINARY = {"model": "binaryvit_tiny_32",
-          "model_overrides": {"depth": 1, "embed_dim": 32, "num_heads": 1, "pool_branches": [3]}}
+          "model_overrides": {"depths": 1, "embed_dims": 32, "num_heads": 1, "pool_branches": [3]}}
 CNN = {"model": "cnn_small_32", "model_overrides": {"widths": [8, 16], "convs_per_stage": 1}}
 CFG = {"epochs": 1, "batch_size": 16, "steps_per_epoch": 3, "parity_images": 4, "optim": {"learning_rate": 1e-2}}
 
@@ -27,8 +27,8 @@ SCRIPT = textwrap.dedent("""
     if sys.argv[2] == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from edgebvit.config import RunConfig, merge
-    from edgebvit.train import train
+    from edgebvit.training.config import RunConfig, merge
+    from edgebvit.training import train
 
     class Record(tf.keras.callbacks.Callback):
         # Per-replica copies of every trainable variable, before and after training.
@@ -118,7 +118,7 @@ def test_multi_worker_on_loopback_keeps_workers_identical(tmp_path, data):
 def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
     import edgebvit  # noqa: F401
     from edgebvit.errors import EdgebvitError
-    from edgebvit.train import make_strategy
+    from edgebvit.training import make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(EdgebvitError, match="TF_CONFIG"):

@@ -16,7 +16,7 @@ def trained_run(tmp_path_factory, fashion_mnist_available):
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
     proc = run_cli(
         "train", "--model", "binaryvit_tiny_32", "--data", "fashion_mnist",
-        "--set", f"depth={DEPTH}", "--set", "embed_dim=64",
+        "--set", f"depths={DEPTH}", "--set", "embed_dims=64",
         "--epochs", "2", "--steps-per-epoch", "4", "--batch-size", "32",
         "--max-test-samples", "300", "--out", run_dir,
     )

@@ -86,7 +86,7 @@ def test_bconv_options_groups_and_packed_filters(converted):
     _, fb, _ = converted
     r = inspect_flatbuffer(fb)
     bconvs = [op for op in r.ops if op.op_type == "LceBconv2d"]
-    grouped = [op for op in bconvs if op.options["groups"] == 2]
+    grouped = [op for op in bconvs if op.groups == 2]
     assert len(grouped) == 1 and r.has_grouped_bconv
     g = grouped[0]
     assert g.options["channels_in"] == 64 and g.options["pad_values"] == 1

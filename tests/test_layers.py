@@ -1,5 +1,5 @@
-"""models/layers.py: each building block's forward behaviour and the custom gradients, checked
-against the formulas of papers.md (section 0, 1.2-1.4, 3)."""
+"""models/layers/: each building block's forward behaviour and the custom gradients, checked
+against the formulas of docs/papers.md (section 0, 1.2-1.4, 3)."""
 import math
 
 import numpy as np
@@ -261,9 +261,9 @@ def test_class_token_row_and_take_token():
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_binary_patch_merging_halves_the_grid_and_doubles_width(binary):
+def test_patch_merging_halves_the_grid_and_doubles_width(binary):
     inp = tf.keras.Input((4, 4, 32))
-    model = tf.keras.Model(inp, L.binary_patch_merging(inp, binary=binary, name="m"))
+    model = tf.keras.Model(inp, L.patch_merging(inp, 64, binary=binary, name="m"))
     conv = model.get_layer("m_conv")
     assert isinstance(conv, lq.layers.QuantConv2D) == binary
     if binary:
@@ -277,9 +277,9 @@ def test_binary_patch_merging_halves_the_grid_and_doubles_width(binary):
     np.testing.assert_allclose(model(x).numpy(), np.where(res > 0, res, 0.25 * res), rtol=1e-4, atol=1e-5)
 
 
-def test_float_patch_merging_has_no_residual():
+def test_full_precision_patch_merging_has_no_residual():
     inp = tf.keras.Input((4, 4, 16))
-    model = tf.keras.Model(inp, L.float_patch_merging(inp, name="m"))
+    model = tf.keras.Model(inp, L.patch_merging(inp, 32, residual=False, binary=False, name="m"))
     assert model.output_shape == (None, 2, 2, 32)
     assert {type(l).__name__ for l in model.layers} == {"InputLayer", "BatchNormalization", "Conv2D"}
 
@@ -307,7 +307,7 @@ def test_custom_layers_round_trip_through_get_config(tmp_path):
     inp = tf.keras.Input((8, 8, 2))
     h = L.shifted_patch_tokenization(inp, 2, 32, name="spt")
     h = L.PositionEmbedding(name="pos")(h)
-    h = L.binary_patch_merging(h, name="merge")
+    h = L.patch_merging(h, 2 * h.shape[-1], name="merge")
     h = L.binary_linear(h, 128, name="fc1")
     h = L.binary_linear(h, 64, name="fc2")
     s = L.BinarySign(name="sign")(h)

@@ -7,7 +7,8 @@ import edgebvit  # noqa: F401
 import tensorflow as tf
 
 from edgebvit.models.layers import ScaledSign, binary_conv
-from edgebvit.models.regularizers import binary_latent_kernels, binary_layers, oscillation_regularizer
+from edgebvit.models.layers import binary_latent_kernels, binary_layers
+from edgebvit.models.regularizers import oscillation_regularizer
 
 
 def _model():

@@ -30,8 +30,8 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     import edgebvit
     import tensorflow as tf
-    from edgebvit.config import RunConfig, merge
-    from edgebvit.train import train
+    from edgebvit.training.config import RunConfig, merge
+    from edgebvit.training import train
 
     class KillInSecondEpoch(tf.keras.callbacks.Callback):
         # SIGKILL ourselves after the second epoch's second step: nothing gets to clean up.
@@ -51,7 +51,7 @@ def test_killed_run_resumes_at_the_right_epoch(tmp_path):
     data = _data(tmp_path)
     run = tmp_path / "run"
     cfg = {"model": "binaryvit_tiny_32", "data": str(data), "epochs": EPOCHS, "batch_size": 16,
-           "model_overrides": {"depth": 1, "embed_dim": 32, "num_heads": 1, "pool_branches": [3]},
+           "model_overrides": {"depths": 1, "embed_dims": 32, "num_heads": 1, "pool_branches": [3]},
            "parity_images": 8, "optim": {"learning_rate": 1e-3, "min_learning_rate": 1e-4}}
     script = tmp_path / "killer.py"
     script.write_text(KILLER.replace("{CFG}", repr(cfg)))

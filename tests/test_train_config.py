@@ -8,9 +8,9 @@ from click.testing import CliRunner
 import edgebvit  # noqa: F401
 from edgebvit.cli import cli
 from edgebvit.commands.train import resolve_run_config
-from edgebvit.config import RunConfig, load_config_file, merge, parse_overrides, set_value
+from edgebvit.training.config import RunConfig, load_config_file, merge, parse_overrides, set_value
 from edgebvit.errors import EdgebvitError
-from edgebvit.recipes import RECIPES, get_recipe
+from edgebvit.training.recipes import RECIPES, get_recipe
 
 
 def test_round_trip_and_legacy_keys(tmp_path):
@@ -98,10 +98,10 @@ def test_precedence_recipe_file_options_overrides(tmp_path):
 def test_cli_dry_run_prints_resolved_config(tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["train", "--recipe", "deit", "--model", "vit_tiny_32_fp", "--batch-size", "64",
-                              "augment.mixup_alpha=0.2", "--set", "depth=2", "--dry-run"])
+                              "augment.mixup_alpha=0.2", "--set", "depths=2", "--dry-run"])
     assert res.exit_code == 0, res.output + res.stderr
     shown = yaml.safe_load(res.output)
-    assert shown["model"] == "vit_tiny_32_fp" and shown["model_overrides"] == {"depth": 2}
+    assert shown["model"] == "vit_tiny_32_fp" and shown["model_overrides"] == {"depths": 2}
     assert shown["augment"]["mixup_alpha"] == 0.2 and shown["optim"]["weight_decay"] == 0.05
     assert shown["optim"]["learning_rate"] == pytest.approx(5e-4 * 64 / 512)
     res = runner.invoke(cli, ["train", "--model", "binaryvit_tiny_32", "--set", "nope=1", "--dry-run"])

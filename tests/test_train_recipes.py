@@ -10,13 +10,13 @@ import pytest
 import edgebvit  # noqa: F401
 import tensorflow as tf
 
-from edgebvit.config import RunConfig, merge
-from edgebvit.models.regularizers import binary_layers, latent
-from edgebvit.train import train
+from edgebvit.training.config import RunConfig, merge
+from edgebvit.models.layers import binary_layers, latent
+from edgebvit.training import train
 
 pytestmark = pytest.mark.slow
 
-TINY = {"depth": 1, "embed_dim": 32, "num_heads": 1, "pool_branches": [3]}
+TINY = {"depths": 1, "embed_dims": 32, "num_heads": 1, "pool_branches": [3]}
 
 
 class StageProbe(tf.keras.callbacks.Callback):
@@ -96,7 +96,7 @@ def test_bop_flips_binary_kernels_and_adam_trains_the_rest(tmp_path, data):
 
 def test_adamw_never_decays_binary_kernels():
     from edgebvit.models import create_model
-    from edgebvit.train import make_optimizer
+    from edgebvit.training import make_optimizer
 
     student = create_model("binaryvit_tiny_32", input_shape=(16, 16, 1), num_classes=4, **TINY)
     cfg = merge(RunConfig(), {"optim": {"optimizer": "adamw", "weight_decay": 0.05}})

@@ -35,11 +35,11 @@ def reduced_overrides(name):
     if info.family == "cnn":
         return dict(input_shape=INPUT, widths=(8, 16), convs_per_stage=1)
     common = dict(input_shape=INPUT, num_classes=10)
-    if isinstance(cfg.depth, tuple) and len(cfg.depth) > 1:
+    if isinstance(cfg.depths, tuple) and len(cfg.depths) > 1:
         # Two stages keep the pyramid's parts: SR attention (r=2), patch merging, new pos-emb.
-        return dict(common, patch_size=2, depth=(1, 1), embed_dim=(32, 64), num_heads=(1, 2),
-                    mlp_ratio=(2, 2), sr_ratio=(2, 1))
-    return dict(common, patch_size=4, depth=1, embed_dim=32, num_heads=1, mlp_ratio=2)
+        return dict(common, patch_size=2, depths=(1, 1), embed_dims=(32, 64), num_heads=(1, 2),
+                    mlp_ratios=(2, 2), sr_ratios=(2, 1))
+    return dict(common, patch_size=4, depths=1, embed_dims=32, num_heads=1, mlp_ratios=2)
 
 
 def _groups():

@@ -26,9 +26,9 @@ def measure(model_name: str, batch_size: int, steps: int, warmup: int, jit_compi
     import tensorflow as tf
 
     import edgebvit.models  # noqa: F401
-    from edgebvit.config import RunConfig
+    from edgebvit.training.config import RunConfig
     from edgebvit.models import create_model, get_model_info
-    from edgebvit.train import Trainer, make_optimizer
+    from edgebvit.training import Trainer, make_optimizer
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import edgebvit  # noqa: F401  (selects tf_keras before TensorFlow loads)
-    from edgebvit.config import parse_overrides
+    from edgebvit.training.config import parse_overrides
     from edgebvit.errors import EdgebvitError
 
     try:

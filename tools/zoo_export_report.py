@@ -36,7 +36,7 @@ def _trained_looking(model, rng) -> None:
     """
     import tensorflow as tf
 
-    from edgebvit.models.regularizers import binary_latent_kernels, latent
+    from edgebvit.models.layers import binary_latent_kernels, latent
 
     binary = {id(k) for k in binary_latent_kernels(model)}
     for layer in model.submodules:
@@ -61,7 +61,7 @@ def measure(name: str, parity_samples: int) -> dict:
     from edgebvit.converters.parity import check_parity
     from edgebvit.models import create_model
     from edgebvit.models.profile import profile_model
-    from edgebvit.models.regularizers import binary_layers
+    from edgebvit.models.layers import binary_layers
 
     tf.keras.utils.set_random_seed(0)
     model = create_model(name)

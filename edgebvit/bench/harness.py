@@ -6,7 +6,8 @@ Runners:
 - python: interp_bench.py copied to an ssh host that has numpy + larq_compute_engine.
 
 Remote runs always work in a fresh `mktemp -d` dir that a `finally` removes, also after a
-failure or a timeout.
+failure or a timeout. One file (~410 lines): the three runners share the sweep, the record
+building and the clean-up, and read best side by side.
 """
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from typing import Callable, Optional, Sequence
 
 import edgebvit
 from edgebvit.bench import interp_bench
-from edgebvit.bench.flatbuffer import ModelSummary, read_model_file
 from edgebvit.bench.parser import BenchmarkOutputError, parse_benchmark_output
 from edgebvit.bench.records import (HOST_X86_NOTE, BenchRecord, DeviceFacts, LatencyStats, split_ops)
 from edgebvit.bench.transport import AdbTransport, Transport, make_transport, wrap_run
 from edgebvit.errors import DeviceError, EdgebvitError
+from edgebvit.flatbuffer import FlatbufferReport, read_model_file
 
 BINARY_NAME = "lce_benchmark_model"
 X86_ARCHES = frozenset({"x86_64", "amd64", "AMD64", "i386", "i686", "x86"})
@@ -59,7 +60,7 @@ class BenchOptions:
     remote_tmp: Optional[str] = None
 
 
-def expand_configs(opts: BenchOptions, summary: ModelSummary) -> list:
+def expand_configs(opts: BenchOptions, summary: FlatbufferReport) -> list:
     """The sweep: threads x xnnpack x indirect-bgemm, in that nesting order."""
     if not opts.threads or any(int(t) < 1 for t in opts.threads):
         raise EdgebvitError("--threads wants positive integers, e.g. 1,2,4")
@@ -100,7 +101,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _notes(arch: str, cfg: BenchConfig, summary: ModelSummary, runner: str) -> list:
+def _notes(arch: str, cfg: BenchConfig, summary: FlatbufferReport, runner: str) -> list:
     notes = []
     if arch in X86_ARCHES:
         notes.append(HOST_X86_NOTE)
@@ -120,10 +121,10 @@ def _facts_from_script(d: dict) -> DeviceFacts:
                        hostname=str(d.get("hostname", "")), extra=extra)
 
 
-def _record(*, model_path: Path, summary: ModelSummary, opts: BenchOptions, cfg: BenchConfig, runner: str,
+def _record(*, model_path: Path, summary: FlatbufferReport, opts: BenchOptions, cfg: BenchConfig, runner: str,
             facts: DeviceFacts, latency: LatencyStats, tool: str, tool_version: str, **extra) -> BenchRecord:
     return BenchRecord(
-        model_path=str(model_path), model_sha256=summary.sha256, model_bytes=summary.size_bytes,
+        model_path=str(model_path), model_sha256=summary.sha256, model_bytes=summary.file_bytes,
         device=opts.device, runner=runner, threads=cfg.threads, xnnpack=cfg.xnnpack,
         indirect_bgemm=cfg.indirect_bgemm, warmup=opts.warmup, runs=opts.runs, latency=latency, facts=facts,
         tool=tool, tool_version=tool_version, edgebvit_version=edgebvit.__version__, timestamp=_now(),
@@ -131,7 +132,7 @@ def _record(*, model_path: Path, summary: ModelSummary, opts: BenchOptions, cfg:
         taskset=opts.taskset, grouped_binary_convs=summary.grouped_bconvs, **extra)
 
 
-def _refused_hint(cfg: BenchConfig, summary: ModelSummary) -> str:
+def _refused_hint(cfg: BenchConfig, summary: FlatbufferReport) -> str:
     if summary.grouped_bconvs and not cfg.indirect_bgemm:
         return " (the model has grouped binary convs: use --indirect-bgemm on or auto)"
     return ""
@@ -149,7 +150,7 @@ def _parse_mask(mask: str) -> set:
     return cpus
 
 
-def run_local(model_path: Path, data: bytes, summary: ModelSummary, opts: BenchOptions, configs: Sequence[BenchConfig],
+def run_local(model_path: Path, data: bytes, summary: FlatbufferReport, opts: BenchOptions, configs: Sequence[BenchConfig],
               log: Callable[[str], None]) -> list:
     facts = _facts_from_script(interp_bench.device_facts())
     old_affinity = None
@@ -297,7 +298,7 @@ def binary_argv(binary: str, graph: str, cfg: BenchConfig, opts: BenchOptions) -
     return argv
 
 
-def run_remote_binary(model_path: Path, summary: ModelSummary, opts: BenchOptions, configs: Sequence[BenchConfig],
+def run_remote_binary(model_path: Path, summary: FlatbufferReport, opts: BenchOptions, configs: Sequence[BenchConfig],
                       transport: Transport, log: Callable[[str], None]) -> list:
     facts = remote_facts(transport, timeout=opts.timeout)
     remote_cmd, push_binary = _resolve_binary(transport, opts)
@@ -345,7 +346,7 @@ def _ms(us: Optional[float]) -> Optional[float]:
     return None if us is None else us / 1000.0
 
 
-def run_remote_python(model_path: Path, summary: ModelSummary, opts: BenchOptions, configs: Sequence[BenchConfig],
+def run_remote_python(model_path: Path, summary: FlatbufferReport, opts: BenchOptions, configs: Sequence[BenchConfig],
                       transport: Transport, log: Callable[[str], None]) -> list:
     import json
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from edgebvit.errors import EdgebvitError
+from edgebvit.flatbuffer import LCE_OPS
 
 RECORD_SCHEMA = "edgebvit.bench/1"
 HOST_X86_NOTE = "host reference kernels (x86-64): not ARM64 speed"
 
-# Op classes for the time split. LCE emits exactly these four custom ops (see design/lce.md).
-BINARY_OPS = frozenset({"LceBconv2d", "LceQuantize", "LceDequantize", "LceBMaxPool2d"})
+# Op classes for the time split: LCE's custom ops are the binary work (docs/lce.md, Lowering table).
+BINARY_OPS = frozenset(LCE_OPS)
 # The attention matmuls and softmax have no binary op in LCE; ops computing the attention
 # probabilities are recognised by type (SOFTMAX, BATCH_MATMUL) or, for the float ops the converter
 # unrolls them into (FULLY_CONNECTED per head, MUL, EXP, ...), by a node name inside an

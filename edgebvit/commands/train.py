@@ -11,7 +11,7 @@ from edgebvit.errors import EdgebvitError
 
 def _parse_model_overrides(items) -> Dict[str, Any]:
     """`--set key=value` model overrides; values parse as YAML scalars/lists when they can."""
-    from edgebvit.config import parse_overrides
+    from edgebvit.training.config import parse_overrides
 
     try:
         return parse_overrides(items)
@@ -21,8 +21,8 @@ def _parse_model_overrides(items) -> Dict[str, Any]:
 
 def resolve_run_config(*, recipe=None, config_file=None, options: Dict[str, Any], overrides=(), model_overrides=()):
     """defaults < recipe < --config FILE < command-line options < key=value overrides."""
-    from edgebvit.config import RunConfig, load_config_file, merge, parse_overrides
-    from edgebvit.recipes import get_recipe
+    from edgebvit.training.config import RunConfig, load_config_file, merge, parse_overrides
+    from edgebvit.training.recipes import get_recipe
 
     file_keys = load_config_file(Path(config_file)) if config_file else {}
     cli_keys = {k: v for k, v in options.items() if v is not None}
@@ -42,7 +42,7 @@ def resolve_run_config(*, recipe=None, config_file=None, options: Dict[str, Any]
 
 
 _RECIPE_HELP = (
-    "Start from a named recipe: binaryvit (papers.md 1.7: Adam, cosine, KD only T=1, crop+flip), "
+    "Start from a named recipe: binaryvit (docs/papers.md 1.7: Adam, cosine, KD only T=1, crop+flip), "
     "bhvit (adds the L_re regularizer in the last 10%, CE/KD 0.2/0.8), deit (float: AdamW 0.05, "
     "warm-up, RandAugment, mixup/cutmix, label smoothing). The lr scales as 5e-4 x batch/512."
 )
@@ -98,7 +98,7 @@ def command(overrides, model_name, data, data_dir, config_file, recipe, teacher,
       edgebvit train --recipe binaryvit --teacher runs/teacher --epochs 6 --out runs/student
       edgebvit train --resume runs/student
     """
-    from edgebvit.config import describe
+    from edgebvit.training.config import describe
 
     if resume_dir:
         given = [k for k, v in dict(model=model_name, data=data, config=config_file, recipe=recipe,
@@ -106,7 +106,7 @@ def command(overrides, model_name, data, data_dir, config_file, recipe, teacher,
         if given or overrides:
             raise EdgebvitError(f"--resume takes its settings from the run's config.json; drop {', '.join(given) or 'KEY=VALUE'}")
         run_dir = Path(resume_dir)
-        from edgebvit.config import RunConfig
+        from edgebvit.training.config import RunConfig
 
         cfg = RunConfig()
     else:
@@ -130,7 +130,7 @@ def command(overrides, model_name, data, data_dir, config_file, recipe, teacher,
             click.echo(describe(cfg))
             return
 
-    from edgebvit.train import train
+    from edgebvit.training import train
 
     result = train(cfg, run_dir, resume=bool(resume_dir), log=click.echo)
     s = result.summary

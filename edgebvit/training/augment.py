@@ -5,7 +5,7 @@ RandAugment (Cubuk et al. 2020: N ops drawn uniformly per image, magnitude M of 
 (on normalised images and one-hot labels): mixup (Zhang et al. 2018) and cutmix (Yun et al.
 2019), as DeiT uses them; label smoothing is applied to the one-hot labels.
 
-Every switch lives in `edgebvit.config.AugmentConfig`; with all of them off these functions are
+Every switch lives in `edgebvit.training.config.AugmentConfig`; with all of them off these functions are
 not added to the pipeline at all.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
-from edgebvit.config import AugmentConfig
+from edgebvit.training.config import AugmentConfig
 
 _MAX_MAGNITUDE = 30.0
 

@@ -5,7 +5,7 @@ training recipe: `optim` (optimizer, schedule, BHViT's regularizer, two-stage), 
 `distill` and nothing else. The CLI fills it in this order, later wins:
 
 1. the dataclass defaults (the quickstart's),
-2. a named recipe (`--recipe binaryvit`, see edgebvit/recipes.py),
+2. a named recipe (`--recipe binaryvit`, see edgebvit/training/recipes.py),
 3. a YAML/JSON file (`--config FILE`, same nesting as config.json, any subset of keys),
 4. command-line options and `key=value` overrides (`optim.learning_rate=5e-4`, or just
    `learning_rate=5e-4` when the field name is unique across sections).
@@ -30,7 +30,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 
 @dataclass
 class OptimConfig:
-    """Optimizer and schedule (papers.md 1.7, 2.8, 2.9; ReActNet's two steps in 3)."""
+    """Optimizer and schedule (docs/papers.md 1.7, 2.8, 2.9; ReActNet's two steps in 3)."""
 
     optimizer: str = "adam"  # adam | adamw (decoupled decay, never on binary kernels) | bop
     learning_rate: float = 1e-3  # peak; for bop, the Adam rate of the non-binary variables
@@ -43,7 +43,7 @@ class OptimConfig:
     epsilon: float = 1e-8
     bop_threshold: float = 1e-8  # Bop's flip threshold tau
     bop_gamma: float = 1e-4  # Bop's adaptivity rate (moving-average factor)
-    # BHViT's oscillation regularizer L_re = mean_layers mean_i ||w_i| - 1| (papers.md 2.8).
+    # BHViT's oscillation regularizer L_re = mean_layers mean_i ||w_i| - 1| (docs/papers.md 2.8).
     regularizer_weight: float = 0.0  # beta; 0 disables it
     regularizer_start: float = 0.9  # fraction of the epochs after which it is on (paper: last 10%)
     regularizer_mix: str = "paper"  # paper: (1-l-b)CE + l KD + b L_re | scale: (1-b)(base) + b L_re (code)
@@ -55,7 +55,7 @@ class OptimConfig:
 class AugmentConfig:
     """Training-time augmentation; runs in tf.data only, never in the exported model."""
 
-    pad_crop: int = 0  # pad by this many pixels (reflect) and crop back at random; 0 = off
+    pad_crop: int = 0  # zero-pad by this many pixels and crop back at random; 0 = off
     flip: bool = False  # random horizontal flip
     randaugment_ops: int = 0  # RandAugment: ops per image; 0 = off
     randaugment_magnitude: float = 9.0  # 0..30 as in RandAugment
@@ -68,7 +68,7 @@ class AugmentConfig:
 
 @dataclass
 class DistillConfig:
-    """Knowledge distillation from a frozen float teacher (papers.md 0 and 3, DeiT)."""
+    """Knowledge distillation from a frozen float teacher (docs/papers.md 0 and 3, DeiT)."""
 
     teacher: Optional[str] = None  # a finished run directory (its model.keras)
     mode: str = "none"  # none | soft | hard

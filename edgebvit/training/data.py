@@ -11,6 +11,9 @@ Nothing here downloads. Supported sources (`--data`):
 * a path to an ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8 images NHWC or NHW).
 * a path to an image folder, one subfolder per class; with ``train/`` and ``test/`` (or ``val/``)
   subfolders those are the splits, else a seeded fraction is held out for testing.
+
+One file for now (~440 lines): the in-memory loaders and the tf.data pipeline that feeds them;
+the streaming ImageNet-style input planned next will split the pipeline into its own module.
 """
 from __future__ import annotations
 
@@ -85,9 +88,17 @@ class Dataset:
 # ------------------------------------------------------------------------------------------
 # Normalisation (applied in the input pipeline and to parity images; not inside the model)
 # ------------------------------------------------------------------------------------------
-def normalize(x: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return (np.asarray(x, np.float32) / 127.5) - 1.0
+def normalize(x):
+    """uint8 [0, 255] -> float32 [-1, 1], for numpy arrays and TensorFlow tensors alike.
+
+    The one definition of the model's input scale: the tf.data pipeline and the parity images
+    export checks with both call it, so the flatbuffer is always fed what the model was trained on.
+    """
+    if isinstance(x, (np.ndarray, list, tuple, int, float)):
+        return (np.asarray(x, np.float32) / 127.5) - 1.0
+    import tensorflow as tf
+
+    return (tf.cast(x, tf.float32) / 127.5) - 1.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -406,7 +417,7 @@ def make_tf_dataset(
     """
     import tensorflow as tf
 
-    from edgebvit import augment as aug
+    from edgebvit.training import augment as aug
 
     if num_classes is None:
         num_classes = int(y.max()) + 1 if len(y) else 1
@@ -424,7 +435,7 @@ def make_tf_dataset(
 
     def finish(a, b):
         labels = aug.smooth_labels(tf.one_hot(b, num_classes), smoothing)
-        return tf.cast(a, tf.float32) / 127.5 - 1.0, labels
+        return normalize(a), labels
 
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     if mixer is not None:

@@ -1,4 +1,4 @@
-"""Knowledge distillation from a frozen float teacher (papers.md 0, 1.7, 2.9 and 3 / DeiT).
+"""Knowledge distillation from a frozen float teacher (docs/papers.md 0, 1.7, 2.9 and 3 / DeiT).
 
 Both binary papers train with ReActNet's distributional loss: soft cross-entropy of the student
 against the teacher's softmax at temperature 1 and nothing else (`mode="soft"`, weight 1,
@@ -16,9 +16,8 @@ from typing import Tuple
 
 import tensorflow as tf
 
+from edgebvit.artifacts import MODEL_FILE as TEACHER_MODEL_FILE  # a finished run directory holds it
 from edgebvit.errors import EdgebvitError
-
-TEACHER_MODEL_FILE = "model.keras"
 
 
 def load_teacher(run_dir: str, *, input_shape: Tuple[int, ...], num_classes: int) -> tf.keras.Model:

@@ -13,7 +13,7 @@ from edgebvit.errors import EdgebvitError
 
 
 def binaryvit(batch_size: int) -> Dict[str, Any]:
-    """BinaryViT (papers.md 1.7): AdamW without weight decay (= Adam), lr 5e-4 x batch/512,
+    """BinaryViT (docs/papers.md 1.7): AdamW without weight decay (= Adam), lr 5e-4 x batch/512,
     per-step cosine to 1e-5, no warm-up, KD only at T = 1 from a float teacher; the
     augmentation is crop + flip (RandomResizedCrop's small-image counterpart: pad 4 and crop)."""
     return {
@@ -25,7 +25,7 @@ def binaryvit(batch_size: int) -> Dict[str, Any]:
 
 
 def bhvit(batch_size: int) -> Dict[str, Any]:
-    """BHViT (papers.md 2.8-2.9): as BinaryViT with min-lr 1e-8, plus the paper's loss
+    """BHViT (docs/papers.md 2.8-2.9): as BinaryViT with min-lr 1e-8, plus the paper's loss
     (1 - l - b) CE + l KD + b L_re with l = 0.8 and b = 0.1 switched on for the last 10%."""
     return {
         "optim": {"optimizer": "adam", "learning_rate": 5e-4 * batch_size / 512, "min_learning_rate": 1e-8,

@@ -1,0 +1,159 @@
+"""BHViT's quantization-decomposition (QD) attention (docs/papers.md 2.6): softmax probabilities
+quantized to 2 bits, per head (the official LSQ form) or by the paper's fixed thermometer code."""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from edgebvit.models.layers.attention import scaled_dot_product
+from edgebvit.models.layers.base import serializable
+
+QD_FORMS = ("lsq", "fixed")
+
+
+@serializable
+class QDThermometer(tf.keras.layers.Layer):
+    """The paper's fixed QD: ``sum_{sigma=1..s} [s*P >= sigma - 1/2]``, i.e. round-half-up(s*P).
+
+    s = `levels` (3 for 2 bits). The s binary maps are a thermometer code, so their sum is
+    ``clip(floor(s*P + 1/2), 0, s)``, computed that way (one FLOOR instead of s compares).
+    Gradient: straight-through on s*P. Values are counts 0..s (no 1/s: the paper sums the maps).
+    """
+
+    def __init__(self, *, levels: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.levels = int(levels)
+
+    def call(self, p):
+        x = p * float(self.levels)
+        q = tf.clip_by_value(tf.floor(x + 0.5), 0.0, float(self.levels))
+        return x + tf.stop_gradient(q - x)
+
+    def get_config(self):
+        return {**super().get_config(), "levels": self.levels}
+
+
+def _grad_scale(x: tf.Tensor, scale) -> tf.Tensor:
+    """LSQ gradient scaling: value x, gradient times `scale`."""
+    return tf.stop_gradient(x - x * scale) + x * scale
+
+
+@serializable
+class QDLsq(tf.keras.layers.Layer):
+    """The official QD (`BinaryActivation_Attention(heads, nbits=3)` applied to s*softmax).
+
+    Per-head learnable step alpha and zero point z; forward ``alpha * clip(round(x/alpha + z), 0, s)``
+    with x = s*P, s = `levels` = 3 (levels {0, a, 2a, 3a}: 2 bits). Rounding is straight-through;
+    the gradients of alpha and z are scaled by ``heads / sqrt(numel(x) * s)``.
+    First-batch initialisation, as the official code does on its first training forward:
+    ``alpha = 2 mean|x| / sqrt(s)`` and ``z = 0.9 z + 0.1 min(x)`` per head, done on the first call
+    with training=True (the `initialized` flag is saved with the model, so a reload keeps it).
+    Input layout: (batch, heads, T, T).
+    """
+
+    def __init__(self, *, num_heads: int, levels: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.levels = int(levels)
+
+    def build(self, input_shape):
+        h = self.num_heads
+        self.alpha = self.add_weight(name="alpha", shape=(h,), initializer="ones")
+        self.zero_point = self.add_weight(name="zero_point", shape=(h,), initializer="zeros")
+        self.initialized = self.add_weight(
+            name="initialized", shape=(), initializer="zeros", trainable=False
+        )
+        super().build(input_shape)
+
+    def _init_from(self, x):
+        x = tf.stop_gradient(x)
+        axes = [0, 2, 3]
+        alpha = 2.0 * tf.reduce_mean(tf.abs(x), axis=axes) / math.sqrt(self.levels)
+        zp = 0.9 * self.zero_point + 0.1 * tf.reduce_min(x, axis=axes)
+        ops = [self.alpha.assign(alpha), self.zero_point.assign(zp), self.initialized.assign(1.0)]
+        with tf.control_dependencies(ops):
+            return tf.constant(True)
+
+    def _quantize(self, x, alpha, zp):
+        a = tf.reshape(alpha, (1, self.num_heads, 1, 1))
+        z = tf.reshape(zp, (1, self.num_heads, 1, 1))
+        v = x / a + z
+        r = v + tf.stop_gradient(tf.round(v) - v)  # round_pass: straight-through
+        return tf.clip_by_value(r, 0.0, float(self.levels)) * a
+
+    def _train_forward(self, x):
+        did_init = tf.cond(
+            self.initialized < 0.5, lambda: self._init_from(x), lambda: tf.constant(False)
+        )
+        with tf.control_dependencies([did_init]):
+            alpha = self.alpha.read_value()
+            zp = self.zero_point.read_value()
+        g = self.num_heads / tf.sqrt(tf.cast(tf.size(x), x.dtype) * float(self.levels))
+        return self._quantize(x, _grad_scale(alpha, g), _grad_scale(zp, g))
+
+    def call(self, p, training=None):
+        x = p * float(self.levels)
+        if training is None:
+            training = tf.keras.backend.learning_phase()
+        return tf.__internal__.smart_cond.smart_cond(
+            training,
+            lambda: self._train_forward(x),
+            lambda: self._quantize(x, tf.convert_to_tensor(self.alpha), tf.convert_to_tensor(self.zero_point)),
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "levels": self.levels}
+
+
+@serializable
+class QDAttention(tf.keras.layers.Layer):
+    """Multi-head attention within each row of a (B, R, T, C) tensor (R windows of T tokens).
+
+    Inputs are the binarized Q, K, V (+-1); ``P = softmax(Q K^T / sqrt(d))`` is quantized by QD
+    (`qd_form` "lsq" or "fixed") and the context ``P_q V`` is returned as (B, R, T, C).
+    Both matmuls stay float BATCH_MATMUL in LCE (no binary matmul op exists).
+    """
+
+    def __init__(self, *, num_heads: int, qd_form: str = "lsq", levels: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        if qd_form not in QD_FORMS:
+            raise ValueError(f"qd_form must be one of {QD_FORMS}, got {qd_form!r}")
+        self.num_heads = int(num_heads)
+        self.qd_form = qd_form
+        self.levels = int(levels)
+
+    def build(self, input_shape):
+        c = input_shape[0][-1]
+        if c % self.num_heads:
+            raise ValueError(f"{c} channels do not split into {self.num_heads} heads")
+        self.head_dim = c // self.num_heads
+        if self.qd_form == "lsq":
+            self.quantizer = QDLsq(num_heads=self.num_heads, levels=self.levels, name="qd")
+        else:
+            self.quantizer = QDThermometer(levels=self.levels, name="qd")
+        super().build(input_shape)
+
+    def _heads(self, x):
+        # (B, R, T, C) -> (B*R, heads, T, d), all 4-D so every TFLite op supports it
+        t = x.shape[2]
+        x = tf.reshape(x, (-1, t, self.num_heads, self.head_dim))
+        return tf.transpose(x, (0, 2, 1, 3))
+
+    def call(self, inputs, training=None):
+        q, k, v = inputs
+        r, t, c = q.shape[1], q.shape[2], q.shape[3]
+        if self.qd_form == "lsq":
+            quantize = lambda p: self.quantizer(p, training=training)  # noqa: E731
+        else:
+            quantize = self.quantizer
+        ctx = scaled_dot_product(self._heads(q), self._heads(k), self._heads(v),
+                                 scale=1.0 / math.sqrt(self.head_dim), quantize_probs=quantize)
+        ctx = tf.transpose(ctx, (0, 2, 1, 3))  # (B*R, T, heads, d)
+        return tf.reshape(ctx, (-1, r, t, c))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "qd_form": self.qd_form, "levels": self.levels}

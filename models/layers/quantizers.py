@@ -1,0 +1,152 @@
+"""Weight quantizers and the model surgery training does on them (docs/papers.md 0, 3).
+
+`ScaledSign` is the binary weight quantizer of both official repositories. The functions below
+it are what the trainer calls on a built model instead of rewriting quantizers from outside:
+
+* `binary_layers` / `binary_latent_kernels`: walk the 1-bit layers and their float latent weights;
+* `set_ste_mask`: Bop's unmasked straight-through gradient (forward unchanged);
+* `install_kernel_switch`: stage 1 of the two-stage schedule (float weights while a switch is 0).
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+from typing import Callable, List, Sequence
+
+import larq as lq
+import tensorflow as tf
+
+from edgebvit.models.layers.base import serializable
+
+
+class _NoStarvedWeightsWarning(logging.Filter):
+    """larq warns on binary kernels without a clip constraint; ScaledSign masks its own gradient
+    (straight-through only where |W_c| <= 1, as the official code does), so the warning is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "starved weights" not in record.getMessage()
+
+
+logging.getLogger("larq.layers_base").addFilter(_NoStarvedWeightsWarning())
+
+STE_MASKS = ("centred", "none")
+
+
+@serializable
+class ScaledSign(lq.quantizers.Quantizer):
+    """Binary weight quantizer of both official repos (docs/papers.md 0).
+
+    Forward: ``alpha_o * sign(W - mean_o(W))`` with ``alpha_o = mean_o |W|`` of the *uncentred*
+    weights, detached, per output channel. Backward: straight-through, masked by ``|W_c| <= 1``.
+    For a Keras conv kernel (kh, kw, in, out) the reductions run over axes (0, 1, 2).
+
+    Arguments:
+        centre: subtract the per-channel mean before the sign (linear layers and BHViT convs);
+            BinaryViT's convs do not centre.
+        ste_mask: ``"centred"`` masks the gradient by ``|W_c| <= 1`` (the official clamp);
+            ``"none"`` drops the mask. Under Bop the latent weights are exactly +-1, so a channel
+            with mostly +1 has mean near 1 and its -1 weights sit at ``|W_c|`` near 2, where the
+            mask would zero their gradient and Bop could never flip them back (`set_ste_mask`).
+
+    After constant folding the kernel is exactly +-alpha per output channel, which is what LCE's
+    converter requires to emit `LceBconv2d` (docs/lce.md, Lowering table).
+
+    References:
+        Liu et al., ReActNet (ECCV 2020); Le & Li, BinaryViT (CVPRW 2023); Gao et al., BHViT (CVPR 2025).
+    """
+
+    precision = 1
+
+    def __init__(self, *, centre: bool = True, ste_mask: str = "centred", **kwargs):
+        super().__init__(**kwargs)
+        if ste_mask not in STE_MASKS:
+            raise ValueError(f"ste_mask must be one of {STE_MASKS}, got {ste_mask!r}")
+        self.centre = centre
+        self.ste_mask = ste_mask
+
+    def call(self, inputs):
+        axes = list(range(len(inputs.shape) - 1))
+        alpha = tf.stop_gradient(tf.reduce_mean(tf.abs(inputs), axis=axes, keepdims=True))
+        w = inputs - tf.reduce_mean(inputs, axis=axes, keepdims=True) if self.centre else inputs
+        # larq's ste_sign: sign forward, straight-through gradient masked by |w| <= clip_value
+        # (the official code's clamp), or unmasked with clip_value=None.
+        return alpha * lq.quantizers.ste_sign(w, clip_value=1.0 if self.ste_mask == "centred" else None)
+
+    def get_config(self):
+        return {**super().get_config(), "centre": self.centre, "ste_mask": self.ste_mask}
+
+
+# --------------------------------------------------------------------------------------------
+# Walking the binary layers of a built model
+# --------------------------------------------------------------------------------------------
+def latent(variable) -> tf.Variable:
+    """The float latent variable behind a larq QuantizedVariable (the variable itself otherwise)."""
+    return getattr(variable, "latent_variable", variable)
+
+
+def binary_layers(model: tf.keras.Model, exclude: Sequence[str] = ()) -> List[tf.keras.layers.Layer]:
+    """Layers whose kernel quantizer is 1-bit (larq's `precision == 1`), minus `exclude` patterns."""
+    out = []
+    for layer in model.submodules:
+        q = getattr(layer, "kernel_quantizer", None)
+        if q is None or getattr(q, "precision", None) != 1 or not hasattr(layer, "kernel"):
+            continue
+        if any(fnmatch.fnmatch(layer.name, pat) for pat in exclude):
+            continue
+        out.append(layer)
+    return out
+
+
+def binary_latent_kernels(model: tf.keras.Model, exclude: Sequence[str] = ()) -> List[tf.Variable]:
+    """The raw (unquantized) kernels of the model's binary layers."""
+    return [latent(layer.kernel) for layer in binary_layers(model, exclude)]
+
+
+# --------------------------------------------------------------------------------------------
+# Surgery the trainer asks for
+# --------------------------------------------------------------------------------------------
+def set_ste_mask(model: tf.keras.Model, mask: str) -> int:
+    """Set the straight-through mask of every `ScaledSign` kernel quantizer; returns how many
+    changed. Bop needs ``"none"`` (see ScaledSign); the forward pass, and so the exported model,
+    is unchanged."""
+    if mask not in STE_MASKS:
+        raise ValueError(f"ste_mask must be one of {STE_MASKS}, got {mask!r}")
+    switched = 0
+    for layer in binary_layers(model):
+        q = layer.kernel_quantizer
+        if isinstance(q, ScaledSign) and q.ste_mask != mask:
+            q.ste_mask = mask
+            switched += 1
+    return switched
+
+
+class _SwitchableQuantizer:
+    """Kernel quantizer that passes the float weights through while the switch variable is 0.
+
+    Stage 1 of the two-stage schedule (ReActNet, docs/papers.md 3): binary activations, real
+    weights. Installed on the QuantizedVariable only during training; the layers' configs keep
+    their own quantizers, so a saved model never contains it.
+    """
+
+    def __init__(self, quantizer, switch: tf.Variable):
+        self.quantizer = quantizer
+        self.switch = switch
+
+    def __call__(self, w):
+        return tf.cond(self.switch > 0.5, lambda: self.quantizer(w), lambda: tf.identity(w))
+
+
+def install_kernel_switch(model: tf.keras.Model, switch: tf.Variable) -> Callable[[], None]:
+    """Make every binary kernel of `model` switchable by `switch` (1: binary, 0: float weights);
+    returns the function that restores the original quantizers."""
+    restored = []
+    for layer in binary_layers(model):
+        var = layer.kernel
+        restored.append((var, var.quantizer))
+        var.quantizer = _SwitchableQuantizer(var.quantizer, switch)
+
+    def restore():
+        for v, q in restored:
+            v.quantizer = q
+
+    return restore
