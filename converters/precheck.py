@@ -12,6 +12,7 @@ from typing import List
 import numpy as np
 
 WARNING, INFO = "warning", "info"
+NOT_CHECKED = "not_checked"  # the one finding when the precheck cannot see any binary layer
 
 # Quantizers whose forward pass is larq.math.sign (recognised by the converter's patterns).
 _SIGN_QUANTIZERS = ("SteSign", "ApproxSign", "SwishSign")
@@ -95,13 +96,23 @@ def precheck(model, *, target: str = "arm") -> List[Finding]:
     def add(layer, kind: str, severity: str, message: str) -> None:
         findings.append(Finding(layer=layer.name, layer_class=type(layer).__name__, kind=kind, severity=severity, message=message))
 
-    for layer in _all_layers(model):
+    layers = _all_layers(model)
+    checked = 0  # larq layers with a quantizer: what the rules below are about
+    for layer in layers:
         cls = type(layer).__name__
+        if _is_quantized_larq_layer(layer):
+            checked += 1
         if isinstance(layer, lq.layers.QuantDense):
             if layer.input_quantizer is not None or layer.kernel_quantizer is not None:
-                add(layer, "quant_dense", WARNING,
-                    "QuantDense stays a float FULLY_CONNECTED (LCE has no binary dense op); "
-                    "export --rewrite turns it into a 1x1 QuantConv2D")
+                if is_binary_dense(layer):
+                    add(layer, "quant_dense", WARNING,
+                        "QuantDense stays a float FULLY_CONNECTED (LCE has no binary dense op); "
+                        "export --rewrite turns it into a 1x1 QuantConv2D")
+                else:
+                    add(layer, "quant_dense", WARNING,
+                        f"QuantDense with input quantizer {_quantizer_name(layer.input_quantizer)} and kernel "
+                        f"quantizer {_quantizer_name(layer.kernel_quantizer)} is not binary on both sides: it "
+                        "stays a float FULLY_CONNECTED (the --rewrite skips it: no binary op to gain)")
             continue
         if isinstance(layer, lq.layers.QuantDepthwiseConv2D):
             add(layer, "quant_depthwise", WARNING,
@@ -115,7 +126,45 @@ def precheck(model, *, target: str = "arm") -> List[Finding]:
         ):
             add(layer, "unsupported_quant_layer", WARNING,
                 f"{cls} has no LCE binary op; it converts to float ops")
+    if not checked:
+        findings.append(Finding(layer=model.name, layer_class=type(model).__name__, kind=NOT_CHECKED, severity=INFO,
+                                message=f"could not check: {_why_not_checked(model, layers)}"))
     return findings
+
+
+def not_checked(findings) -> str:
+    """The reason the precheck could not check anything ('' when it did). Findings or their dicts."""
+    for f in findings:
+        kind = f["kind"] if isinstance(f, dict) else f.kind
+        if kind == NOT_CHECKED:
+            message = f["message"] if isinstance(f, dict) else f.message
+            return message.split("could not check: ", 1)[-1]
+    return ""
+
+
+def _is_quantized_larq_layer(layer) -> bool:
+    if not type(layer).__module__.startswith("larq"):
+        return False
+    return any(getattr(layer, attr, None) is not None
+               for attr in ("input_quantizer", "kernel_quantizer", "depthwise_quantizer", "pointwise_quantizer"))
+
+
+def _why_not_checked(model, layers) -> str:
+    revived = [l for l in layers if type(l).__name__.startswith("Revived") or "saved_model" in type(l).__module__]
+    if revived or type(model).__name__.startswith("Revived"):
+        return ("its layers are SavedModel stand-ins (e.g. " + type((revived or [model])[0]).__name__ + "), not larq "
+                "layers; export the .keras or .h5 file of the model so the layers can be seen")
+    if not getattr(model, "_is_graph_network", False) and not layers:
+        return f"{type(model).__name__} is not a functional model and tracks no layers"
+    return ("no larq layer with a quantizer (QuantConv2D, QuantDense, ...): a float model, or binary layers of "
+            "a kind the precheck does not know; nothing here is expected to become a binary op")
+
+
+def is_binary_dense(layer) -> bool:
+    """A QuantDense whose inputs are binarized by larq's sign and whose kernel folds to +-alpha."""
+    if not getattr(layer, "built", False):
+        return False
+    return is_sign_quantizer(layer.input_quantizer) and is_binary_kernel(layer, layer.kernel_quantizer, layer.kernel)
 
 
 def _check_conv(layer, target: str) -> List[Finding]:

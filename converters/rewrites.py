@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from edgebvit.converters.precheck import is_binary_dense
 from edgebvit.errors import ModelError
 
 
@@ -89,7 +90,9 @@ def _rebuild(model, rewritten: List[str], skipped: List[str]):
             args, kwargs = node.map_arguments(tensor_dict)
             layer = node.layer
             outputs = None
-            if isinstance(layer, lq.layers.QuantDense) and not kwargs and len(args) == 1:
+            if isinstance(layer, lq.layers.QuantDense) and not is_binary_dense(layer):
+                skipped.append(_skip_reason(layer))
+            elif isinstance(layer, lq.layers.QuantDense) and not kwargs and len(args) == 1:
                 rank = args[0].shape.rank
                 if rank in (2, 3, 4) and args[0].shape[-1] is not None:
                     outputs = _apply_as_conv(layer, args[0])
@@ -107,8 +110,21 @@ def _rebuild(model, rewritten: List[str], skipped: List[str]):
     return tf.keras.Model(new_inputs, tf.nest.pack_sequence_as(model._nested_outputs, outs), name=model.name)
 
 
+def _skip_reason(layer) -> str:
+    from edgebvit.converters.precheck import _quantizer_name
+
+    iq, kq = layer.input_quantizer, layer.kernel_quantizer
+    if iq is None and kq is None:
+        return f"{layer.name}: float QuantDense (no input or kernel quantizer), left as is: rewriting gains nothing"
+    return (f"{layer.name}: not binary on both sides (input quantizer {_quantizer_name(iq)}, kernel quantizer "
+            f"{_quantizer_name(kq)}), left as is: as a conv it would still be float, with extra reshapes")
+
+
 def rewrite_quant_dense(model, *, check: bool = True, atol: float = 1e-4, seed: int = 0) -> RewriteResult:
-    """Replace every QuantDense by an equivalent 1x1 QuantConv2D.
+    """Replace every binary QuantDense (1-bit sign inputs and kernel) by an equivalent 1x1 QuantConv2D.
+
+    A QuantDense that is float, or quantized but not binary on both inputs and kernel, would not
+    become an LceBconv2d either way: it is left alone and listed in `skipped` with the reason.
 
     With `check`, the Keras outputs of both models on a random batch must agree within `atol`
     (relative to the output scale), else ModelError: a rewrite must never change the model.
@@ -119,6 +135,8 @@ def rewrite_quant_dense(model, *, check: bool = True, atol: float = 1e-4, seed: 
     dense = [l for l in model._flatten_layers(include_self=False, recursive=True) if isinstance(l, lq.layers.QuantDense)]
     if not dense:
         return RewriteResult(model=model)
+    if not any(is_binary_dense(l) for l in dense):
+        return RewriteResult(model=model, skipped=tuple(_skip_reason(l) for l in dense))
     if not getattr(model, "_is_graph_network", False):
         raise ModelError(
             f"model {model.name!r} is subclassed; QuantDense layers cannot be rewritten automatically "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -120,12 +121,42 @@ def resolve_config(name: str, **overrides: Any) -> Any:
         raise ModelError(
             f"model {name!r} has no option {', '.join(unknown)}; options are: {', '.join(sorted(known))}"
         )
-    cleaned = {}
-    for key, value in overrides.items():
-        if isinstance(getattr(info.config, key), tuple) and isinstance(value, list):
-            value = tuple(value)  # configs coming back from JSON carry lists
-        cleaned[key] = value
+    hints = typing.get_type_hints(type(info.config))
+    cleaned = {key: _coerce(name, key, value, hints[key]) for key, value in overrides.items()}
     return dataclasses.replace(info.config, **cleaned)
+
+
+def _coerce(model: str, key: str, value: Any, hint: Any) -> Any:
+    """Check an override against the config field's type (JSON lists become tuples); a wrong type
+    is a one-line ModelError, never a traceback from deep inside the model builder."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        for option in args:
+            try:
+                return _coerce(model, key, value, option)
+            except ModelError:
+                continue
+    elif origin in (tuple, Tuple):
+        if isinstance(value, (list, tuple)):
+            items = args[:1] * len(value) if (len(args) == 2 and args[1] is Ellipsis) or not args else args
+            if len(items) == len(value):
+                return tuple(_coerce(model, key, v, t) for v, t in zip(value, items))
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    want = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+    raise ModelError(f"model {model!r} option {key}: expected {want}, got {value!r}")
 
 
 def create_model(name: str, **overrides: Any):

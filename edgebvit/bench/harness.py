@@ -6,7 +6,7 @@ Runners:
 - python: interp_bench.py copied to an ssh host that has numpy + larq_compute_engine.
 
 Remote runs always work in a fresh `mktemp -d` dir that a `finally` removes, also after a
-failure or a timeout. One file (~410 lines): the three runners share the sweep, the record
+failure or a timeout. One file (~470 lines): the three runners share the sweep, the record
 building and the clean-up, and read best side by side.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from edgebvit.bench import interp_bench
 from edgebvit.bench.parser import BenchmarkOutputError, parse_benchmark_output
 from edgebvit.bench.records import (HOST_X86_NOTE, BenchRecord, DeviceFacts, LatencyStats, split_ops)
 from edgebvit.bench.transport import AdbTransport, Transport, make_transport, wrap_run
-from edgebvit.errors import DeviceError, EdgebvitError
+from edgebvit.errors import DeviceError, EdgebvitError, FlatbufferError
+from edgebvit.flatbuffer import _ITEMSIZE  # the reader's bytes per element, one table for both
 from edgebvit.flatbuffer import FlatbufferReport, read_model_file
 
 BINARY_NAME = "lce_benchmark_model"
@@ -168,9 +169,15 @@ def run_local(model_path: Path, data: bytes, summary: FlatbufferReport, opts: Be
                 res = interp_bench.bench_one(data, threads=cfg.threads, xnnpack=cfg.xnnpack,
                                              indirect_bgemm=cfg.indirect_bgemm, warmup=opts.warmup, runs=opts.runs)
             except ImportError as err:
-                raise EdgebvitError(f"larq_compute_engine is not importable here: {err}") from None
-            except (RuntimeError, ValueError) as err:
-                raise DeviceError(f"the LCE interpreter refused {model_path.name}: {err}{_refused_hint(cfg, summary)}") from None
+                raise EdgebvitError(f"larq_compute_engine is not importable here ({err}): install edgebvit's "
+                                    "pinned larq-compute-engine, or benchmark on a device (--device ssh://... or "
+                                    "adb)") from None
+            except (RuntimeError, ValueError, OverflowError) as err:
+                raise DeviceError(f"the LCE interpreter refused {model_path}: "
+                                  f"{err}{_refused_hint(cfg, summary)}") from None
+            except MemoryError:
+                raise DeviceError(f"the LCE interpreter ran out of memory on {model_path}: is the flatbuffer "
+                                  "corrupt? (edgebvit inspect shows its shapes)") from None
             records.append(_record(
                 model_path=model_path, summary=summary, opts=opts, cfg=cfg, runner="local-interpreter", facts=facts,
                 latency=LatencyStats.from_samples_us(res["latencies_us"], res["first_us"]),
@@ -282,7 +289,11 @@ def _binary_version(transport: Transport, remote_cmd: Optional[str], local: Opti
     import hashlib
 
     if local is not None:
-        return f"sha256:{hashlib.sha256(local.read_bytes()).hexdigest()[:16]} (pushed {local.name})"
+        try:
+            digest = hashlib.sha256(local.read_bytes()).hexdigest()
+        except OSError as err:
+            raise DeviceError(f"--benchmark-binary {local}: cannot read ({err.strerror})") from None
+        return f"sha256:{digest[:16]} (pushed {local.name})"
     proc = transport.run(f"sha256sum {shlex.quote(remote_cmd)} 2>/dev/null", timeout=timeout)
     digest = proc.stdout.split()[0] if proc.returncode == 0 and proc.stdout.split() else ""
     return f"sha256:{digest[:16]} ({remote_cmd})" if re.fullmatch(r"[0-9a-f]{64}", digest) else f"unknown ({remote_cmd})"
@@ -382,7 +393,7 @@ def run_remote_python(model_path: Path, summary: FlatbufferReport, opts: BenchOp
     records = []
     for cfg, res in zip(configs, payload.get("results", [])):
         if "error" in res:
-            raise DeviceError(f"the LCE interpreter on {transport.name} refused {model_path.name}: "
+            raise DeviceError(f"the LCE interpreter on {transport.name} refused {model_path}: "
                               f"{res['error']}{_refused_hint(cfg, summary)}")
         records.append(_record(
             model_path=model_path, summary=summary, opts=opts, cfg=cfg, runner="python", facts=facts,
@@ -395,20 +406,65 @@ def run_remote_python(model_path: Path, summary: FlatbufferReport, opts: BenchOp
     return records
 
 
-def run_bench(model_path: Path, opts: BenchOptions, *, log: Callable[[str], None] = lambda _m: None) -> list:
-    """Benchmark one flatbuffer over the whole sweep; returns one BenchRecord per configuration."""
+# A model input larger than this is a corrupt shape, not an edge model: refuse it before the
+# interpreter (or the device) tries to allocate it.
+MAX_INPUT_BYTES = 1 << 30
+
+
+def check_inputs(model_path: Path, summary: FlatbufferReport) -> None:
+    """FlatbufferError (one line, naming the file) for an input shape no benchmark can feed."""
+    for i, (shape, dtype) in enumerate(zip(summary.input_shapes, summary.input_types)):
+        if any(d < 0 for d in shape):
+            raise FlatbufferError(f"{model_path}: input {i} has a negative dimension {list(shape)}: a corrupt "
+                                  "flatbuffer? re-export it")
+        nbytes = _ITEMSIZE.get(dtype, 4)
+        for d in shape:
+            nbytes *= d
+        if nbytes > MAX_INPUT_BYTES:
+            raise FlatbufferError(f"{model_path}: input {i} of shape {list(shape)} needs {nbytes / 2**30:.1f} GiB "
+                                  "per inference: a corrupt flatbuffer? re-export it")
+
+
+def _check_unchanged(model_path: Path, summary: FlatbufferReport) -> None:
+    """The remote runners push the file by path: make sure it is still the file the records name."""
+    import hashlib
+
+    try:
+        digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    except OSError as err:
+        raise FlatbufferError(f"{model_path}: cannot read it again after the benchmark ({err.strerror})") from None
+    if digest != summary.sha256:
+        raise FlatbufferError(f"{model_path} changed while it was benchmarked (sha256 {summary.sha256[:12]} -> "
+                              f"{digest[:12]}): nothing written; rerun on the final file")
+
+
+def run_bench(model_path: Path, opts: BenchOptions, *, log: Callable[[str], None] = lambda _m: None,
+              preflight: Optional[Callable[[], None]] = None) -> list:
+    """Benchmark one flatbuffer over the whole sweep; returns one BenchRecord per configuration.
+
+    The options are checked first, then the file is read and validated once, by
+    edgebvit.flatbuffer, before anything else uses it: the local interpreter gets those very bytes;
+    a remote run re-checks the sha256 after pushing it. `preflight` (the CLI's output checks) runs
+    after that and before any device is contacted.
+    """
     model_path = Path(model_path)
     runner = resolve_runner(opts)
     data, summary = read_model_file(model_path)
+    check_inputs(model_path, summary)
     configs = expand_configs(opts, summary)
+    if preflight is not None:
+        preflight()
     if runner == "local-interpreter":
         return run_local(model_path, data, summary, opts, configs, log)
     transport = make_transport(opts.device, identity=opts.identity, ssh_options=opts.ssh_options,
                                connect_timeout=opts.connect_timeout)
     if runner == "python":
-        return run_remote_python(model_path, summary, opts, configs, transport, log)
-    return run_remote_binary(model_path, summary, opts, configs, transport, log)
+        records = run_remote_python(model_path, summary, opts, configs, transport, log)
+    else:
+        records = run_remote_binary(model_path, summary, opts, configs, transport, log)
+    _check_unchanged(model_path, summary)
+    return records
 
 
-__all__ = ["BenchConfig", "BenchOptions", "RemoteSession", "binary_argv", "expand_configs", "remote_facts",
-           "resolve_runner", "run_bench"]
+__all__ = ["BenchConfig", "BenchOptions", "RemoteSession", "binary_argv", "check_inputs", "expand_configs",
+           "remote_facts", "resolve_runner", "run_bench"]

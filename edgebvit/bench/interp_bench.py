@@ -13,6 +13,7 @@ so the other configs still come back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import importlib.machinery
 import importlib.util
@@ -20,6 +21,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 MARKER = "EDGEBVIT_BENCH_JSON "
@@ -147,22 +149,83 @@ def bench_one(model: bytes, *, threads: int, xnnpack: bool, indirect_bgemm: bool
     and the output out: negligible against a model's run time, but not zero for tiny models.
     """
     LiteInterpreter = load_lite_interpreter_class()
-    t0 = time.perf_counter()
-    interpreter = LiteInterpreter(model, int(threads), False, bool(indirect_bgemm), bool(xnnpack))
-    init_us = (time.perf_counter() - t0) * 1e6
-    inputs = make_inputs(interpreter)
-    first_us = None
-    for i in range(warmup):
-        t = time.perf_counter()
-        interpreter.predict(inputs)
-        if i == 0:
-            first_us = (time.perf_counter() - t) * 1e6
-    latencies = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        interpreter.predict(inputs)
-        latencies.append((time.perf_counter() - t) * 1e6)
+    failure = None
+    with native_stderr() as captured:
+        try:
+            t0 = time.perf_counter()
+            interpreter = LiteInterpreter(model, int(threads), False, bool(indirect_bgemm), bool(xnnpack))
+            init_us = (time.perf_counter() - t0) * 1e6
+            inputs = make_inputs(interpreter)
+            first_us = None
+            for i in range(warmup):
+                t = time.perf_counter()
+                interpreter.predict(inputs)
+                if i == 0:
+                    first_us = (time.perf_counter() - t) * 1e6
+            latencies = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                interpreter.predict(inputs)
+                latencies.append((time.perf_counter() - t) * 1e6)
+        except (RuntimeError, ValueError) as err:
+            failure = err
+    if failure is not None:
+        # LCE's own message is an internal assertion ("interpreter_ != nullptr"); TFLite printed
+        # the reason ("Model provided is schema version ...") on stderr: report that instead.
+        raise type(failure)(tflite_reason(captured.get("text", ""), failure)) from None
+    _replay(captured.get("text", ""))
     return {"init_us": init_us, "first_us": first_us, "latencies_us": latencies}
+
+
+@contextlib.contextmanager
+def native_stderr():
+    """Collect what native code (TFLite) writes to file descriptor 2 while the block runs.
+
+    Yields a dict whose "text" is filled in on exit; nothing is replayed (see _replay).
+    """
+    box = {"text": ""}
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield box
+        return
+    tmp = tempfile.TemporaryFile()
+    try:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield box
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+            os.dup2(saved, 2)
+            tmp.seek(0)
+            box["text"] = tmp.read().decode("utf-8", "replace")
+    finally:
+        os.close(saved)
+        tmp.close()
+
+
+def _replay(text: str) -> None:
+    if text:
+        try:
+            os.write(2, text.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def tflite_reason(stderr_text: str, err: BaseException) -> str:
+    """One line: TFLite's `ERROR: ...` lines if it printed any, else the exception's own text."""
+    reasons = []
+    for line in stderr_text.splitlines():
+        line = line.strip()
+        if line.startswith("ERROR:"):
+            line = line[len("ERROR:"):].strip()
+            if line and line not in reasons:
+                reasons.append(line)
+    return "; ".join(reasons) if reasons else " ".join(str(err).split())
 
 
 def run_configs(model: bytes, configs: list, *, warmup: int, runs: int) -> list:
@@ -171,9 +234,9 @@ def run_configs(model: bytes, configs: list, *, warmup: int, runs: int) -> list:
         entry = {"threads": threads, "xnnpack": bool(xnnpack), "indirect_bgemm": bool(indirect)}
         try:
             entry.update(bench_one(model, threads=threads, xnnpack=xnnpack, indirect_bgemm=indirect, warmup=warmup, runs=runs))
-        except (RuntimeError, ValueError) as err:
+        except (RuntimeError, ValueError, MemoryError, OverflowError) as err:
             # LCE reports a refused kernel (e.g. grouped bconv without indirect BGEMM) as RuntimeError.
-            entry["error"] = " ".join(str(err).split())
+            entry["error"] = " ".join(str(err).split()) or type(err).__name__
         results.append(entry)
     return results
 

@@ -7,10 +7,13 @@ import json
 import math
 import os
 import re
+import typing
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
+from edgebvit.bench.paths import RESULTS_FILE, writing
 from edgebvit.errors import EdgebvitError
 from edgebvit.flatbuffer import LCE_OPS
 
@@ -155,16 +158,16 @@ class BenchRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BenchRecord":
-        d = dict(d)
+    def from_dict(cls, d: object, where: str = "bench record") -> "BenchRecord":
+        """A record from its JSON form, every field type-checked; EdgebvitError (one line, starting
+        with `where`, naming the field) for anything that is not a record this version wrote."""
+        if not isinstance(d, dict):
+            raise EdgebvitError(f"{where}: not an edgebvit bench record ({_describe(d)}, not a JSON object); "
+                                "fix or delete this record")
         if d.get("schema") != RECORD_SCHEMA:
-            raise ValueError(f"schema {d.get('schema')!r} is not {RECORD_SCHEMA!r}")
-        d["latency"] = LatencyStats(**d["latency"])
-        d["facts"] = DeviceFacts(**d["facts"])
-        if d.get("op_split") is not None:
-            d["op_split"] = OpSplit(**d["op_split"])
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+            raise EdgebvitError(f"{where}: not an edgebvit bench record (schema {d.get('schema')!r}, want "
+                                f"{RECORD_SCHEMA!r}); fix or delete this record")
+        return _build(cls, d, where, "")
 
     @property
     def label(self) -> str:
@@ -172,66 +175,210 @@ class BenchRecord:
                 f"t{self.threads} xnn={'on' if self.xnnpack else 'off'} ibgemm={'on' if self.indirect_bgemm else 'off'}")
 
 
+# ---- validation on load: a record read back is as typed as one just measured -----------------
+_AT_LEAST_ONE = frozenset({"threads", "latency.count"})
+_STR_LISTS = frozenset({"kernel_notes"})
+
+
+@lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _describe(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"the boolean {str(v).lower()}"
+    if isinstance(v, str):
+        return f"the string {v[:40]!r}"
+    if isinstance(v, (int, float)):
+        return f"the number {v!r}"
+    if isinstance(v, list):
+        return "a JSON array"
+    if isinstance(v, dict):
+        return "a JSON object"
+    return type(v).__name__
+
+
+_WANT = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a JSON array",
+         dict: "a JSON object"}
+
+
+def _bad(where: str, name: str, want: str, v: object) -> EdgebvitError:
+    return EdgebvitError(f"{where}: field {name!r} must be {want}, not {_describe(v)}; fix or delete this record")
+
+
+def _value(tp, v: object, where: str, name: str) -> object:
+    if typing.get_origin(tp) is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if v is None:
+            return None
+        tp = args[0]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(v, dict):
+            raise _bad(where, name, "a JSON object", v)
+        return _build(tp, v, where, name + ".")
+    want = _WANT.get(tp, getattr(tp, "__name__", str(tp)))
+    if tp is bool:
+        ok = isinstance(v, bool)
+    elif tp is int:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif tp is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        want = "a finite number"
+        v = float(v) if ok else v
+    else:
+        ok = isinstance(v, tp)
+    if not ok:
+        raise _bad(where, name, want, v)
+    if tp in (int, float):
+        low = 1 if name in _AT_LEAST_ONE else 0
+        if v < low:
+            raise _bad(where, name, "at least 1" if low else "zero or more", v)
+    if name in _STR_LISTS and not all(isinstance(item, str) for item in v):
+        raise _bad(where, name, "a list of strings", next(item for item in v if not isinstance(item, str)))
+    return v
+
+
+def _build(cls, d: dict, where: str, prefix: str):
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        if f.name not in d:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise EdgebvitError(f"{where}: missing field {name!r}; fix or delete this record")
+            continue
+        kwargs[f.name] = _value(hints[f.name], d[f.name], where, name)
+    return cls(**kwargs)  # unknown keys are ignored: a later edgebvit may add fields
+
+
+def check_results_file(path: Path) -> None:
+    """Refuse to append to a file that is not a bench results file (a model, a report, notes...).
+
+    Looks at the first line only: it must be a bench record, or the torn start of one (the
+    only line of a file whose first append was killed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as err:
+        raise EdgebvitError(f"--results {path}: cannot read it ({err.strerror}); choose another --results "
+                            "path") from None
+    if not head.strip():
+        return
+    first, newline, _ = head.lstrip(b"\n").partition(b"\n")
+    problem = None
+    if b"\0" in head:
+        problem = "it holds binary data"
+    else:
+        try:
+            d = json.loads(first.decode("utf-8"))
+        except ValueError:
+            if newline or not first.startswith(b'{"'):
+                problem = "its first line is not a JSON record"
+        else:
+            if not isinstance(d, dict) or d.get("schema") != RECORD_SCHEMA:
+                problem = f"its first line is not an {RECORD_SCHEMA} record"
+    if problem:
+        raise EdgebvitError(f"--results {path} is not a bench results file ({problem}): refusing to append to it; "
+                            f"choose another --results path, e.g. {path.with_name(RESULTS_FILE)}")
+
+
+
 def append_records(path: Path, records: Iterable[BenchRecord]) -> Path:
     """Append records as JSON lines: one write per record under an exclusive lock.
 
     O_APPEND plus flock keeps lines whole when two benchmarks append to the same file at once;
     a crash can at worst leave one partial last line, which load_records reports by line number.
+    Refuses a file that is not a results file (check_results_file); any OSError (permissions,
+    read-only or full disk) is one EdgebvitError line naming the file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = b"".join((json.dumps(r.to_dict(), sort_keys=True) + "\n").encode("utf-8") for r in records)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with writing(path, "bench results"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            # A previous writer killed mid-line would glue our first record onto its fragment.
-            size = os.fstat(fd).st_size
-            if size:
-                with open(path, "rb") as f:
-                    f.seek(size - 1)
-                    if f.read(1) != b"\n":
-                        data = b"\n" + data
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                check_results_file(path)  # under the lock: what we append to is what we checked
+                # A previous writer killed mid-line would glue our first record onto its fragment.
+                size = os.fstat(fd).st_size
+                if size:
+                    with open(path, "rb") as f:
+                        f.seek(size - 1)
+                        if f.read(1) != b"\n":
+                            data = b"\n" + data
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+            os.close(fd)
     return path
 
 
 def load_records(paths: Sequence[Path]) -> list:
-    """Read records from JSONL results files (or .bench.json files holding {"records": [...]})."""
+    """Read records from JSONL results files (or .bench.json reports holding {"records": [...]}).
+
+    Every record is validated (records.BenchRecord.from_dict); a bad one is a one-line
+    EdgebvitError naming the file, the line (or record number) and the field.
+    """
     records = []
     for p in paths:
         p = Path(p)
-        if not p.is_file():
-            raise EdgebvitError(f"results file not found: {p}")
-        text = p.read_text(encoding="utf-8", errors="replace")
-        stripped = text.lstrip()
-        if stripped.startswith("{") and '"records"' in stripped[:200] and not p.suffix == ".jsonl":
-            try:
-                items = [(i + 1, d) for i, d in enumerate(json.loads(text)["records"])]
-            except (ValueError, KeyError, TypeError) as err:
-                raise EdgebvitError(f"{p}: not a bench JSON file ({err})") from None
-        else:
-            items = []
-            for lineno, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    items.append((lineno, json.loads(line)))
-                except ValueError:
-                    raise EdgebvitError(f"{p}:{lineno}: not a JSON record (truncated line?)") from None
-        for lineno, d in items:
-            try:
-                records.append(BenchRecord.from_dict(d))
-            except (TypeError, ValueError, KeyError) as err:
-                raise EdgebvitError(f"{p}:{lineno}: not an edgebvit bench record ({err})") from None
+        for where, d in _read_items(p):
+            records.append(BenchRecord.from_dict(d, where))
     if not records:
         raise EdgebvitError("no bench records in " + ", ".join(str(p) for p in paths))
     return records
+
+
+def _read_items(p: Path) -> list:
+    """(where, decoded JSON) for each record in a results file or a bench report."""
+    if p.is_dir():
+        hint = p / RESULTS_FILE
+        raise EdgebvitError(f"{p} is a directory; did you mean {hint}?" if hint.is_file() else
+                            f"{p} is a directory, not a results file (.jsonl or .bench.json)")
+    if not p.is_file():
+        raise EdgebvitError(f"results file not found: {p}")
+    if p.suffix.lower() == ".tflite":
+        raise EdgebvitError(f"{p} is a flatbuffer, not a results file: drop --compare to benchmark it")
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise EdgebvitError(f"{p}: cannot read ({err.strerror})") from None
+    whole_err = None
+    if p.suffix.lower() != ".jsonl" and text.lstrip().startswith("{"):
+        try:
+            whole = json.loads(text)
+        except ValueError as err:  # JSON lines, or a broken report
+            whole, whole_err = None, err
+        if isinstance(whole, dict) and "records" in whole:
+            recs = whole["records"]
+            if not isinstance(recs, list):
+                raise EdgebvitError(f"{p}: 'records' must be a JSON array of bench records, not {_describe(recs)}")
+            return [(f"{p}: record {i}", d) for i, d in enumerate(recs, 1)]
+    items = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append((f"{p}:{lineno}", json.loads(line)))
+        except ValueError as err:
+            if lineno == 1 and whole_err is not None and p.suffix.lower() == ".json" and line.strip() == "{":
+                # A pretty-printed report, not JSON lines: say where the document breaks.
+                msg, at = getattr(whole_err, "msg", whole_err), getattr(whole_err, "lineno", "?")
+                raise EdgebvitError(f"{p}: not valid JSON ({msg} at line {at}): a truncated or edited bench "
+                                    "report?") from None
+            raise EdgebvitError(f"{p}:{lineno}: not a JSON record (truncated line?): {getattr(err, 'msg', err)}; "
+                                "fix or delete this line") from None
+    return items

@@ -1,12 +1,20 @@
-"""Human-readable output of bench records: a table for the terminal, a PNG chart for comparisons."""
+"""Output of bench records: a table for the terminal, the JSON report of a run, a PNG chart for comparisons.
+
+Every artifact names the sha256 of the flatbuffer(s) it describes: the report in `model_sha256`,
+the chart in its bar labels (short) and its PNG text metadata (full), the table in its footer.
+"""
 from __future__ import annotations
 
 import io
 from pathlib import Path
 from typing import Optional, Sequence
 
+import edgebvit
+from edgebvit import fileio
+from edgebvit.bench.paths import writing
 from edgebvit.bench.records import HOST_X86_NOTE, BenchRecord
-from edgebvit.fileio import atomic_write_bytes
+
+REPORT_SCHEMA = "edgebvit.bench.report/1"
 
 
 def _f(v: Optional[float]) -> str:
@@ -40,7 +48,29 @@ def format_table(records: Sequence[BenchRecord]) -> str:
     lines.append("")
     for device, arch, cpu, bits, tool in sorted(facts, key=str):
         lines.append(f"{device}: {arch}, {cpu}, {bits if bits else '?'}-bit, {tool}")
+    for name, sha in models_of(records):
+        lines.append(f"{name}: sha256 {sha}")
     return "\n".join(lines)
+
+
+def models_of(records: Sequence[BenchRecord]) -> list:
+    """(file name, sha256) of each distinct flatbuffer the records describe, in first-seen order."""
+    seen = {}
+    for r in records:
+        seen.setdefault((Path(r.model_path).name, r.model_sha256), None)
+    return list(seen)
+
+
+def write_report(path: Path, model_path: Path, records: Sequence[BenchRecord]) -> Path:
+    """The JSON report of one run: the flatbuffer (path, sha256, bytes) and its records; atomic."""
+    if len({r.model_sha256 for r in records}) != 1:
+        raise ValueError("a bench report describes the records of one flatbuffer")  # a caller's bug
+    report = {"schema": REPORT_SCHEMA, "model": str(model_path), "model_sha256": records[0].model_sha256,
+              "model_bytes": records[0].model_bytes,
+              "edgebvit_version": edgebvit.__version__,
+              "records": [r.to_dict() for r in records]}
+    with writing(path, "bench report"):
+        return fileio.atomic_write_json(path, report)
 
 
 def write_chart(records: Sequence[BenchRecord], path: Path) -> Path:
@@ -50,10 +80,13 @@ def write_chart(records: Sequence[BenchRecord], path: Path) -> Path:
     matplotlib.use("Agg")  # no display on CI or over ssh
     import matplotlib.pyplot as plt
 
-    labels = [r.label for r in records]
+    labels = [f"{r.label} [sha256 {r.model_sha256[:12]}]" for r in records]
     means = [r.latency.mean_ms for r in records]
-    lo = [r.latency.mean_ms - (r.latency.min_ms if r.latency.min_ms is not None else r.latency.mean_ms) for r in records]
-    hi = [(r.latency.max_ms if r.latency.max_ms is not None else r.latency.mean_ms) - r.latency.mean_ms for r in records]
+    # max(0, ...): a mean rounded a hair below the minimum must not become a negative whisker.
+    lo = [max(0.0, r.latency.mean_ms - (r.latency.min_ms if r.latency.min_ms is not None else r.latency.mean_ms))
+          for r in records]
+    hi = [max(0.0, (r.latency.max_ms if r.latency.max_ms is not None else r.latency.mean_ms) - r.latency.mean_ms)
+          for r in records]
     has_split = any(r.op_split is not None for r in records)
     fig_h = 1.2 + 0.45 * len(records)
     fig, axes = plt.subplots(1, 2 if has_split else 1, figsize=(14 if has_split else 10, fig_h), squeeze=False)
@@ -85,6 +118,16 @@ def write_chart(records: Sequence[BenchRecord], path: Path) -> Path:
         ax2.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, metadata=chart_metadata(records))
     plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    with writing(path, "chart"):
+        return fileio.atomic_write_bytes(path, buf.getvalue())
+
+
+def chart_metadata(records: Sequence[BenchRecord]) -> dict:
+    """PNG text chunks naming what the chart shows: each flatbuffer's file name and full sha256."""
+    models = models_of(records)
+    return {"Title": "edgebvit bench",
+            "Description": "mean latency per configuration of: " + ", ".join(f"{n} (sha256 {s})" for n, s in models),
+            "Software": f"edgebvit {edgebvit.__version__}",
+            "edgebvit.model_sha256": " ".join(s for _, s in models)}

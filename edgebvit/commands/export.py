@@ -7,9 +7,8 @@ from typing import Optional, Tuple
 
 import click
 
+from edgebvit.errors import ModelError
 from edgebvit.fileio import json_default  # numpy scalars in reports
-
-from edgebvit.errors import EdgebvitError, ModelError
 
 
 def _parse_range(value: Optional[str]) -> Optional[Tuple[float, float]]:
@@ -38,24 +37,34 @@ def _parse_range(value: Optional[str]) -> Optional[Tuple[float, float]]:
                    "calibration. Outputs are not accurate; parity will usually fail.")
 @click.option("--rewrite/--no-rewrite", default=True, show_default=True,
               help="Rewrite QuantDense as 1x1 QuantConv2D so it becomes a binary LceBconv2d.")
-@click.option("--parity-images", type=click.IntRange(min=0), default=500, show_default=True,
-              help="Held-out images to compare Keras and the flatbuffer on (0 skips the parity gate).")
+@click.option("--parity-images", type=click.IntRange(min=0), default=None,
+              help="Samples to compare Keras and the flatbuffer on (0 skips the parity gate). Default: 500 "
+                   "held-out images; with random inputs (no parity data) 500, capped for large inputs "
+                   "(50 at 224x224x3; the report states the cap).")
 @click.option("--parity-data", type=click.Path(path_type=Path), default=None,
               help="NPZ with x (model-ready float32 NHWC) and optional y, for a plain model file "
                    "(a run directory uses its parity_images.npz).")
 @click.option("--min-agreement", type=click.FloatRange(0.0, 1.0), default=0.99, show_default=True,
-              help="Minimum top-1 agreement between Keras and the flatbuffer; below it exits 3.")
+              help="Minimum top-1 agreement between Keras and the flatbuffer, ties excluded; below it exits 3.")
+@click.option("--import", "import_modules", metavar="MODULE", multiple=True,
+              help="Import MODULE before loading the model (repeatable), for custom layers and quantizers "
+                   "from another code base (e.g. --import larq_zoo).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(model: Path, tflite: bool, output: Optional[Path], target: str, input_type: str, output_type: str,
-            int8_range: Optional[str], rewrite: bool, parity_images: int, parity_data: Optional[Path],
-            min_agreement: float, as_json: bool) -> None:
+            int8_range: Optional[str], rewrite: bool, parity_images: Optional[int], parity_data: Optional[Path],
+            min_agreement: float, import_modules: Tuple[str, ...], as_json: bool) -> None:
     """Convert MODEL (a run directory or a .keras/.h5/SavedModel) to an LCE flatbuffer.
 
     Writes FILE.tflite and FILE.export.json, and prints what the converter made of the model:
     operators by type, MACs in binary vs float ops (attention matmuls apart), the binary MAC
     share, file size vs float32, layers that will not be binary (precheck) and Keras-vs-LCE
-    parity on held-out images. Exit status 3 when parity is below --min-agreement; the report
-    then names the first layer whose converted output diverges.
+    parity on held-out images. Exit status 3 when parity is below --min-agreement (top-1
+    disagreements on near-tied samples are reported as ties, not counted; degenerate outputs are
+    judged by the relative logit error); the report then names the first layer whose converted
+    output diverges. The report carries the sha256 of the flatbuffer it describes.
+
+    Loading never runs code from the model file: a Lambda layer (in .h5, .keras or SavedModel) is
+    refused, and .keras files load in Keras's safe mode.
     """
     from edgebvit.converters.export import ExportOptions, export, format_export_report
     from edgebvit.errors import ParityError
@@ -64,6 +73,7 @@ def command(model: Path, tflite: bool, output: Optional[Path], target: str, inpu
         output=output, target=target, input_type=input_type, output_type=output_type,
         experimental_default_int8_range=_parse_range(int8_range), rewrite=rewrite,
         parity_images=parity_images, parity_data=parity_data, min_agreement=min_agreement,
+        import_modules=tuple(import_modules), progress=True,
     )
     try:
         report = export(model, options)

@@ -60,8 +60,8 @@ _RECIPE_HELP = (
 @click.option("--recipe", type=click.Choice(["binaryvit", "bhvit", "deit"]), default=None, help=_RECIPE_HELP)
 @click.option("--teacher", type=click.Path(file_okay=False), default=None,
               help="Finished run directory of a float teacher: distil from its model.keras (soft KD unless distill.mode says hard).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: 3]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch. [default: 128]")
+@click.option("--epochs", type=int, default=None, help="[default: 3]")
+@click.option("--batch-size", type=int, default=None, help="Global batch. [default: 128]")
 @click.option("--lr", "learning_rate", type=float, default=None, help="Peak learning rate (cosine decay). [default: 1e-3]")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "bop"]), default=None,
               help="adam; adamw (decoupled weight decay, never on binary kernels); bop (Bop for binary kernels, Adam for the rest). [default: adam]")
@@ -72,18 +72,19 @@ _RECIPE_HELP = (
 @click.option("--seed", type=int, default=None)
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multi_worker"]), default=None,
               help="tf.distribute: mirrored = all local GPUs (else logical CPUs); multi_worker = the machines in TF_CONFIG.")
-@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, help="Cap steps per epoch (smoke runs).")
-@click.option("--max-train-samples", type=click.IntRange(min=1), default=None)
-@click.option("--max-test-samples", type=click.IntRange(min=1), default=None)
+@click.option("--steps-per-epoch", type=int, default=None, help="Cap steps per epoch (smoke runs).")
+@click.option("--max-train-samples", type=int, default=None)
+@click.option("--max-test-samples", type=int, default=None)
 @click.option("--set", "model_overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a model config field, e.g. --set depth=6 --set pool_branches=[3].")
+              help="Override a model config field, e.g. --set depths=6 --set pool_branches=[3].")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="Run directory to create (default runs/<model>).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue a killed run at its last finished epoch, optimizer and schedule state included "
                    "(every other option comes from its config.json).")
-@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
-def command(overrides, model_name, data, data_dir, config_file, recipe, teacher, epochs, batch_size, learning_rate,
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit (with --resume: the saved one).")
+@click.pass_context
+def command(ctx: click.Context, overrides, model_name, data, data_dir, config_file, recipe, teacher, epochs, batch_size, learning_rate,
             optimizer, warmup_epochs, weight_decay, label_smoothing, val_fraction, seed, strategy, steps_per_epoch,
             max_train_samples, max_test_samples, model_overrides, out, resume_dir, dry_run) -> None:
     """Train a model; writes config, checkpoints, metrics (CSV/JSON), TensorBoard logs and the model.
@@ -101,14 +102,22 @@ def command(overrides, model_name, data, data_dir, config_file, recipe, teacher,
     from edgebvit.training.config import describe
 
     if resume_dir:
-        given = [k for k, v in dict(model=model_name, data=data, config=config_file, recipe=recipe,
-                                     teacher=teacher, epochs=epochs).items() if v is not None]
-        if given or overrides:
-            raise EdgebvitError(f"--resume takes its settings from the run's config.json; drop {', '.join(given) or 'KEY=VALUE'}")
+        # A resumed run is the run that was started: every setting comes from its config.json.
+        # Any other option would be silently ignored, so it is refused instead.
+        given = [f"--{name.replace('_', '-')}" for name in ctx.params
+                 if name not in ("resume_dir", "dry_run", "overrides")
+                 and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if overrides:
+            given.append("KEY=VALUE")
+        if given:
+            raise EdgebvitError(f"--resume takes its settings from the run's config.json; drop {', '.join(given)}")
         run_dir = Path(resume_dir)
-        from edgebvit.training.config import RunConfig
+        from edgebvit.training.rundir import resume_config
 
-        cfg = RunConfig()
+        cfg = resume_config(run_dir)
+        if dry_run:
+            click.echo(describe(cfg))
+            return
     else:
         options = {
             "model": model_name, "data": data, "data_dir": data_dir, "epochs": epochs, "batch_size": batch_size,
@@ -125,7 +134,7 @@ def command(overrides, model_name, data, data_dir, config_file, recipe, teacher,
         import edgebvit.models  # noqa: F401  (registers the zoo)
         from edgebvit.models.registry import resolve_config
 
-        resolve_config(cfg.model, **cfg.model_overrides)
+        resolve_config(cfg.model, **cfg.model_overrides).validate()
         if dry_run:
             click.echo(describe(cfg))
             return

@@ -20,6 +20,31 @@ from edgebvit.training.config import AugmentConfig
 _MAX_MAGNITUDE = 30.0
 
 
+class Seeds:
+    """Stateless random seeds, a fresh one for every random draw of one image or one batch.
+
+    Each draw folds a counter into `root` (a shape-[2] integer seed), so the same root always
+    gives the same augmentation, in any order and on any thread: the training pipeline roots
+    every image's seeds in (run seed, epoch, index), which makes a resumed run see exactly the
+    images an uninterrupted one would. With `root=None` a root is drawn from TensorFlow's global
+    generator (different every call, as plain `tf.random` ops are).
+    """
+
+    def __init__(self, root=None):
+        if root is None:
+            root = tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int64)
+        self.root = tf.cast(root, tf.int64)
+        self.count = 0
+
+    def __call__(self) -> tf.Tensor:
+        self.count += 1
+        return tf.random.experimental.stateless_fold_in(self.root, self.count)
+
+
+def _seeds(seeds: Optional[Seeds]) -> Seeds:
+    return seeds if seeds is not None else Seeds()
+
+
 # ------------------------------------------------------------------------------------------
 # Geometry through TensorFlow's projective-transform kernel (what Keras' RandomRotation uses)
 # ------------------------------------------------------------------------------------------
@@ -91,12 +116,13 @@ def _posterize(image, bits):
     return tf.cast(q, tf.float32)
 
 
-def randaugment_ops(magnitude: float) -> List[Callable[[tf.Tensor], tf.Tensor]]:
+def randaugment_ops(magnitude: float, seeds: Optional[Seeds] = None) -> List[Callable[[tf.Tensor], tf.Tensor]]:
     """The RandAugment op list (without Equalize), each at `magnitude` (0..30) with random sign."""
     m = magnitude / _MAX_MAGNITUDE
+    seeds = _seeds(seeds)
 
     def signed(v):
-        return tf.where(tf.random.uniform([]) < 0.5, -v, v)
+        return tf.where(tf.random.stateless_uniform([], seeds()) < 0.5, -v, v)
 
     def size(image):
         return tf.cast(tf.shape(image)[0], tf.float32)
@@ -118,36 +144,39 @@ def randaugment_ops(magnitude: float) -> List[Callable[[tf.Tensor], tf.Tensor]]:
     ]
 
 
-def rand_augment(image: tf.Tensor, num_ops: int, magnitude: float) -> tf.Tensor:
+def rand_augment(image: tf.Tensor, num_ops: int, magnitude: float, seeds: Optional[Seeds] = None) -> tf.Tensor:
     """Apply `num_ops` ops drawn uniformly at random (per image) at `magnitude`."""
-    ops = randaugment_ops(magnitude)
+    seeds = _seeds(seeds)
+    ops = randaugment_ops(magnitude, seeds)
     shape = image.shape
     for _ in range(num_ops):
-        idx = tf.random.uniform([], 0, len(ops), dtype=tf.int32)
+        idx = tf.random.stateless_uniform([], seeds(), 0, len(ops), dtype=tf.int32)
         image = tf.switch_case(idx, [lambda f=f: f(image) for f in ops])
         image = tf.ensure_shape(image, shape)
     return image
 
 
-def pad_crop(image: tf.Tensor, pad: int) -> tf.Tensor:
+def pad_crop(image: tf.Tensor, pad: int, seeds: Optional[Seeds] = None) -> tf.Tensor:
     """Zero-pad by `pad` pixels on every side and crop a random window of the original size."""
     h, w, c = image.shape
     padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    return tf.image.random_crop(padded, (h, w, c))
+    return tf.image.stateless_random_crop(padded, (h, w, c), seed=_seeds(seeds)())
 
 
-def image_augmenter(cfg: AugmentConfig) -> Optional[Callable[[tf.Tensor], tf.Tensor]]:
-    """Per-image function (float [0, 255] HWC -> same), or None when every per-image op is off."""
+def image_augmenter(cfg: AugmentConfig) -> Optional[Callable[..., tf.Tensor]]:
+    """Per-image function ``fn(image, seed=None)`` (float [0, 255] HWC -> same), or None when every
+    per-image op is off. With a shape-[2] `seed` the result is a pure function of (image, seed)."""
     if not (cfg.pad_crop or cfg.flip or cfg.randaugment_ops):
         return None
 
-    def fn(image):
+    def fn(image, seed=None):
+        seeds = Seeds(seed)
         if cfg.pad_crop:
-            image = pad_crop(image, cfg.pad_crop)
+            image = pad_crop(image, cfg.pad_crop, seeds)
         if cfg.flip:
-            image = tf.image.random_flip_left_right(image)
+            image = tf.image.stateless_random_flip_left_right(image, seed=seeds())
         if cfg.randaugment_ops:
-            image = rand_augment(image, cfg.randaugment_ops, cfg.randaugment_magnitude)
+            image = rand_augment(image, cfg.randaugment_ops, cfg.randaugment_magnitude, seeds)
         return tf.clip_by_value(image, 0.0, 255.0)
 
     return fn
@@ -156,27 +185,28 @@ def image_augmenter(cfg: AugmentConfig) -> Optional[Callable[[tf.Tensor], tf.Ten
 # ------------------------------------------------------------------------------------------
 # Batch mixing on one-hot labels
 # ------------------------------------------------------------------------------------------
-def _beta(alpha: float) -> tf.Tensor:
-    a = tf.random.gamma([], alpha)
-    b = tf.random.gamma([], alpha)
+def _beta(alpha: float, seeds: Seeds) -> tf.Tensor:
+    a = tf.random.stateless_gamma([], seeds(), alpha)
+    b = tf.random.stateless_gamma([], seeds(), alpha)
     return a / (a + b)
 
 
-def mixup(x: tf.Tensor, y: tf.Tensor, alpha: float) -> Tuple[tf.Tensor, tf.Tensor]:
+def mixup(x: tf.Tensor, y: tf.Tensor, alpha: float, seeds: Optional[Seeds] = None) -> Tuple[tf.Tensor, tf.Tensor]:
     """Blend each image and label with the batch reversed (timm's pairing), weight ~ Beta(a, a)."""
-    lam = _beta(alpha)
+    lam = _beta(alpha, _seeds(seeds))
     return lam * x + (1.0 - lam) * tf.reverse(x, [0]), lam * y + (1.0 - lam) * tf.reverse(y, [0])
 
 
-def cutmix(x: tf.Tensor, y: tf.Tensor, alpha: float) -> Tuple[tf.Tensor, tf.Tensor]:
+def cutmix(x: tf.Tensor, y: tf.Tensor, alpha: float, seeds: Optional[Seeds] = None) -> Tuple[tf.Tensor, tf.Tensor]:
     """Paste a random box from the reversed batch; labels weighted by the box's actual area."""
-    lam = _beta(alpha)
+    seeds = _seeds(seeds)
+    lam = _beta(alpha, seeds)
     h, w = tf.shape(x)[1], tf.shape(x)[2]
     hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
     cut = tf.sqrt(1.0 - lam)
     ch, cw = tf.cast(hf * cut, tf.int32), tf.cast(wf * cut, tf.int32)
-    cy = tf.random.uniform([], 0, h, dtype=tf.int32)
-    cx = tf.random.uniform([], 0, w, dtype=tf.int32)
+    cy = tf.random.stateless_uniform([], seeds(), 0, h, dtype=tf.int32)
+    cx = tf.random.stateless_uniform([], seeds(), 0, w, dtype=tf.int32)
     y0, y1 = tf.clip_by_value(cy - ch // 2, 0, h), tf.clip_by_value(cy + ch // 2, 0, h)
     x0, x1 = tf.clip_by_value(cx - cw // 2, 0, w), tf.clip_by_value(cx + cw // 2, 0, w)
     rows = tf.logical_and(tf.range(h) >= y0, tf.range(h) < y1)
@@ -188,23 +218,26 @@ def cutmix(x: tf.Tensor, y: tf.Tensor, alpha: float) -> Tuple[tf.Tensor, tf.Tens
 
 
 def batch_mixer(cfg: AugmentConfig) -> Optional[Callable]:
-    """Per-batch (x, one-hot y) -> mixed (x, y), or None when mixup and cutmix are both off."""
+    """Per-batch ``fn(x, one-hot y, seed=None)`` -> mixed (x, y), or None when mixup and cutmix
+    are both off. With a shape-[2] `seed` the result is a pure function of (batch, seed)."""
     if not (cfg.mixup_alpha or cfg.cutmix_alpha):
         return None
 
-    def fn(x, y):
+    def fn(x, y, seed=None):
+        seeds = Seeds(seed)
+
         def mixed():
             if cfg.mixup_alpha and cfg.cutmix_alpha:
-                use_cut = tf.random.uniform([]) < cfg.mix_switch_prob
-                return tf.cond(use_cut, lambda: cutmix(x, y, cfg.cutmix_alpha),
-                               lambda: mixup(x, y, cfg.mixup_alpha))
+                use_cut = tf.random.stateless_uniform([], seeds()) < cfg.mix_switch_prob
+                return tf.cond(use_cut, lambda: cutmix(x, y, cfg.cutmix_alpha, seeds),
+                               lambda: mixup(x, y, cfg.mixup_alpha, seeds))
             if cfg.cutmix_alpha:
-                return cutmix(x, y, cfg.cutmix_alpha)
-            return mixup(x, y, cfg.mixup_alpha)
+                return cutmix(x, y, cfg.cutmix_alpha, seeds)
+            return mixup(x, y, cfg.mixup_alpha, seeds)
 
         if cfg.mix_prob >= 1.0:
             return mixed()
-        return tf.cond(tf.random.uniform([]) < cfg.mix_prob, mixed, lambda: (x, y))
+        return tf.cond(tf.random.stateless_uniform([], seeds()) < cfg.mix_prob, mixed, lambda: (x, y))
 
     return fn
 

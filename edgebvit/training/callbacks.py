@@ -4,6 +4,8 @@ None of them does per-step work: everything happens at epoch boundaries.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -14,11 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from edgebvit.artifacts import BEST_MODEL_FILE, BEST_STATE_FILE
-from edgebvit.fileio import atomic_write_json
+from edgebvit.fileio import atomic_write_json, atomic_write_text
 from edgebvit.models.layers import binary_layers, latent
 from edgebvit.training.config import RunConfig
 from edgebvit.training.optim import current_learning_rate
-from edgebvit.training.rundir import save_student
+from edgebvit.training.rundir import read_metrics_csv, save_student
 
 
 @dataclass(frozen=True)
@@ -127,3 +129,28 @@ class BestModelSaver(tf.keras.callbacks.Callback):
         self.best = float(value)
         save_student(self.student, self.path)
         atomic_write_json(self.state_path, {"epoch": epoch + 1, "monitor": self.monitor, "value": self.best})
+
+
+class MetricsLogger(tf.keras.callbacks.Callback):
+    """One CSV row per epoch in RUN_DIR/metrics.csv, rewritten atomically (CSVLogger's format).
+
+    It runs before the checkpoint callback: a kill between the two leaves a row for an epoch the
+    checkpoint does not have yet; that epoch is trained again on resume and its row replaced, so
+    every epoch ends with exactly one row, as in an uninterrupted run. Rows of epochs at or after
+    the one being (re)trained are dropped when an epoch ends.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows = [r for r in read_metrics_csv(self.path) if int(r["epoch"]) < epoch]
+        row = {"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}}
+        rows.append(row)
+        keys = ["epoch"] + sorted({k for r in rows for k in r if k != "epoch"})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, restval="NA", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buf.getvalue())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,22 @@ class RunConfig:
             raise EdgebvitError(f"{path} is not a valid run config: {exc}") from None
 
     def validate(self) -> "RunConfig":
-        """Check values the dataclass types cannot express; raises EdgebvitError."""
+        """Check every value, whatever source it came from (defaults, recipe, YAML/JSON file,
+        options, KEY=VALUE, a saved config.json): one validation path; raises EdgebvitError."""
+        for key, (lo, hi, lo_open, hi_open) in NUMERIC_RANGES.items():
+            value = get_value(self, key)
+            if value is None and key in OPTIONAL_KEYS:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or (
+                    value < lo or (lo_open and value == lo) or value > hi or (hi_open and value == hi)):
+                raise EdgebvitError(f"{key} must be in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
+                                    f"{' or none' if key in OPTIONAL_KEYS else ''}, got {value!r}")
+        if self.channels not in (1, 3):
+            raise EdgebvitError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        if not isinstance(self.model, str) or not self.model:
+            raise EdgebvitError("model must be a registered model name (see `edgebvit models`)")
+        if not isinstance(self.data, str) or not self.data:
+            raise EdgebvitError("data must be a dataset name, an .npz file or an image folder")
         o, a, k = self.optim, self.augment, self.distill
         checks = [
             (o.optimizer in OPTIMIZERS, f"optim.optimizer must be one of {', '.join(OPTIMIZERS)}"),
@@ -130,22 +146,9 @@ class RunConfig:
              f"optim.regularizer_mix must be one of {', '.join(REGULARIZER_MIXES)}"),
             (k.mode in DISTILL_MODES, f"distill.mode must be one of {', '.join(DISTILL_MODES)}"),
             (self.strategy in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}"),
-            (o.learning_rate > 0, "optim.learning_rate must be > 0"),
-            (0 <= o.min_learning_rate <= o.learning_rate, "optim.min_learning_rate must be in [0, learning_rate]"),
-            (o.warmup_epochs >= 0 and o.weight_decay >= 0, "warmup_epochs and weight_decay must be >= 0"),
-            (0 <= o.regularizer_weight < 1, "optim.regularizer_weight must be in [0, 1)"),
-            (0 <= o.regularizer_start <= 1, "optim.regularizer_start must be in [0, 1]"),
-            (0 <= o.stage1_epochs < max(self.epochs, 1) or o.stage1_epochs == 0,
+            (o.min_learning_rate <= o.learning_rate, "optim.min_learning_rate must be in [0, learning_rate]"),
+            (o.stage1_epochs < self.epochs or o.stage1_epochs == 0,
              "optim.stage1_epochs must be smaller than epochs"),
-            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
-            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
-            (0 <= a.label_smoothing < 1, "augment.label_smoothing must be in [0, 1)"),
-            (a.pad_crop >= 0 and a.randaugment_ops >= 0, "augment.pad_crop and randaugment_ops must be >= 0"),
-            (0 <= a.randaugment_magnitude <= 30, "augment.randaugment_magnitude must be in [0, 30]"),
-            (a.mixup_alpha >= 0 and a.cutmix_alpha >= 0, "mixup_alpha and cutmix_alpha must be >= 0"),
-            (0 <= a.mix_prob <= 1 and 0 <= a.mix_switch_prob <= 1, "mix probabilities must be in [0, 1]"),
-            (k.temperature > 0, "distill.temperature must be > 0"),
-            (0 <= k.weight <= 1, "distill.weight must be in [0, 1]"),
             (k.mode == "none" or k.teacher, f"distill.mode={k.mode} needs a teacher (--teacher RUN_DIR)"),
         ]
         for ok, msg in checks:
@@ -159,6 +162,57 @@ class RunConfig:
                     "lower one of them or use regularizer_mix=scale (the official code's 0.9 KD + 0.1 L_re)"
                 )
         return self
+
+
+# The range of every numeric key: (low, high, low excluded, high excluded). One table, checked by
+# RunConfig.validate for every source of a value; `edgebvit train --help` options use the same keys.
+_INF = float("inf")
+NUMERIC_RANGES = {
+    "image_size": (1, 4096, False, False),
+    "val_fraction": (0, 1, False, True),
+    "epochs": (1, 100_000, False, False),
+    "batch_size": (1, 1 << 20, False, False),
+    "seed": (0, 2 ** 31 - 1, False, False),
+    "steps_per_epoch": (1, _INF, False, False),
+    "max_train_samples": (1, _INF, False, False),
+    "max_test_samples": (1, _INF, False, False),
+    "parity_images": (0, 100_000, False, False),
+    "optim.learning_rate": (0, 10, True, False),
+    "optim.min_learning_rate": (0, 10, False, False),
+    "optim.warmup_epochs": (0, 100_000, False, False),
+    "optim.weight_decay": (0, 10, False, False),
+    "optim.beta_1": (0, 1, False, True),
+    "optim.beta_2": (0, 1, False, True),
+    "optim.epsilon": (0, 1, True, False),
+    "optim.bop_threshold": (0, 1, True, False),
+    "optim.bop_gamma": (0, 1, True, False),
+    "optim.regularizer_weight": (0, 1, False, True),
+    "optim.regularizer_start": (0, 1, False, False),
+    "optim.stage1_epochs": (0, 100_000, False, False),
+    "augment.pad_crop": (0, 1024, False, False),
+    "augment.randaugment_ops": (0, 16, False, False),
+    "augment.randaugment_magnitude": (0, 30, False, False),
+    "augment.mixup_alpha": (0, 100, False, False),
+    "augment.cutmix_alpha": (0, 100, False, False),
+    "augment.mix_switch_prob": (0, 1, False, False),
+    "augment.mix_prob": (0, 1, False, False),
+    "augment.label_smoothing": (0, 1, False, True),
+    "distill.temperature": (0, 1000, True, False),
+    "distill.weight": (0, 1, False, False),
+}
+OPTIONAL_KEYS = frozenset({"steps_per_epoch", "max_train_samples", "max_test_samples"})
+
+
+def _num(v: float) -> str:
+    return "inf" if v == _INF else (str(int(v)) if float(v).is_integer() else f"{v:g}")
+
+
+def get_value(cfg: "RunConfig", key: str) -> Any:
+    """The value of a dotted key (`optim.learning_rate`) or a top-level one (`epochs`)."""
+    target = cfg
+    for part in key.split("."):
+        target = getattr(target, part)
+    return target
 
 
 # Keys of config.json files written before the sections existed.

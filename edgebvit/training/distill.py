@@ -21,8 +21,13 @@ from edgebvit.errors import EdgebvitError
 
 
 def load_teacher(run_dir: str, *, input_shape: Tuple[int, ...], num_classes: int) -> tf.keras.Model:
-    """Load RUN_DIR/model.keras as a frozen teacher and check it fits the student's data."""
-    import edgebvit.models  # noqa: F401  (registers the custom layers for deserialisation)
+    """Load RUN_DIR/model.keras as a frozen teacher and check it fits the student's data.
+
+    Through the one safe loader (edgebvit.models.loading): no code from the file runs, whatever
+    its real format (a Lambda layer in an HDF5 file named model.keras is refused).
+    """
+    from edgebvit.errors import ModelError
+    from edgebvit.models.loading import load_keras_model
 
     path = Path(run_dir).expanduser()
     model_path = path / TEACHER_MODEL_FILE if path.is_dir() else path
@@ -32,9 +37,9 @@ def load_teacher(run_dir: str, *, input_shape: Tuple[int, ...], num_classes: int
             "(train one first, e.g. `edgebvit train --model vit_tiny_32_fp --out runs/teacher`)"
         )
     try:
-        teacher = tf.keras.models.load_model(model_path, compile=False)
-    except Exception as exc:  # noqa: BLE001 (Keras raises many types for a bad file)
-        raise EdgebvitError(f"cannot load teacher {model_path}: {str(exc).splitlines()[0]}") from None
+        teacher = load_keras_model(model_path)
+    except ModelError as exc:
+        raise ModelError(f"cannot load teacher: {exc}") from None
     t_in = tuple(teacher.input_shape[1:])
     t_out = teacher.output_shape[-1]
     if t_in != tuple(input_shape):

@@ -8,7 +8,6 @@ on the test split, then write model.keras, the parity images, metrics and summar
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -23,12 +22,15 @@ from edgebvit.artifacts import (BEST_MODEL_FILE, BEST_STATE_FILE, CHECKPOINT_DIR
 from edgebvit.errors import EdgebvitError
 from edgebvit.fileio import atomic_write_json
 from edgebvit.models.layers import binary_latent_kernels, install_kernel_switch
-from edgebvit.training.callbacks import BestModelSaver, FlipRatioLogger, LearningRateLogger, LossSchedule
+from edgebvit.training.callbacks import (BestModelSaver, FlipRatioLogger, LearningRateLogger, LossSchedule,
+                                         MetricsLogger)
 from edgebvit.training.config import RunConfig, describe
-from edgebvit.training.data import Dataset, load_dataset, make_tf_dataset, split_validation
+from edgebvit.training.data import Dataset, load_dataset, make_tf_dataset, split_validation, subsample
 from edgebvit.training.distill import load_teacher
 from edgebvit.training.optim import make_optimizer, optimizer_steps
-from edgebvit.training.rundir import prepare_run_dir, read_metrics_csv, save_student, write_parity_images
+from edgebvit.training.pipeline import steps_in_epoch, training_dataset
+from edgebvit.training.rundir import (RunLock, checkpoint_epoch, os_error_text, prepare_run_dir, read_metrics_csv,
+                                      remove_partial_checkpoints, save_student, write_parity_images)
 from edgebvit.training.trainer import Trainer
 
 
@@ -41,14 +43,6 @@ class TrainResult:
     images_per_second: float
     epochs_run: int
     summary: Dict[str, Any]
-
-
-def _subsample(ds: Dataset, cfg: RunConfig) -> Dataset:
-    if cfg.max_train_samples:
-        ds.x_train, ds.y_train = ds.x_train[: cfg.max_train_samples], ds.y_train[: cfg.max_train_samples]
-    if cfg.max_test_samples:
-        ds.x_test, ds.y_test = ds.x_test[: cfg.max_test_samples], ds.y_test[: cfg.max_test_samples]
-    return ds
 
 
 def build_model(cfg: RunConfig, ds: Dataset):
@@ -94,12 +88,64 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, verbose: Optio
     cfg.validate()
     # Multi-worker collectives must be set up before TensorFlow runs any op.
     strategy = make_strategy(cfg.strategy)
-    cfg = prepare_run_dir(run_dir, cfg, resume=resume)
+    lock = RunLock(run_dir)
+    cfg = prepare_run_dir(run_dir, cfg, resume=resume, lock=lock)
+    try:
+        return _train_locked(cfg, run_dir, strategy, resume=resume, verbose=verbose, log=log,
+                             extra_callbacks=extra_callbacks)
+    except OSError as exc:  # disk full, read-only or vanished directory while training or saving
+        removed = remove_partial_checkpoints(run_dir)
+        where = exc.filename or run_dir
+        raise EdgebvitError(f"cannot write {where}: {os_error_text(exc)}"
+                            + (f" (removed {removed} partial checkpoint file(s))" if removed else "")
+                            + f"; then continue with `edgebvit train --resume {run_dir}`") from None
+    except tf.errors.OpError as exc:
+        if "No space left" not in str(exc) and "Read-only file system" not in str(exc):
+            raise
+        removed = remove_partial_checkpoints(run_dir)
+        reason = "disk full; free space" if "No space left" in str(exc) else "read-only file system"
+        raise EdgebvitError(f"cannot write a checkpoint in {run_dir}: {reason}"
+                            + (f" (removed {removed} partial checkpoint file(s))" if removed else "")
+                            + f"; then continue with `edgebvit train --resume {run_dir}`") from None
+    finally:
+        lock.release()
+
+
+def _check_data_fits_model(cfg: RunConfig, ds: Dataset) -> None:
+    """`--set num_classes` / `input_shape` must agree with the data they will be trained on."""
+    given = cfg.model_overrides
+    if "num_classes" in given and int(given["num_classes"]) != ds.num_classes:
+        raise EdgebvitError(f"num_classes={given['num_classes']} contradicts the data: {ds.name} has "
+                            f"{ds.num_classes} classes; drop --set num_classes (it is taken from the data)")
+    if "input_shape" in given and tuple(given["input_shape"]) != tuple(ds.input_shape):
+        raise EdgebvitError(f"input_shape={tuple(given['input_shape'])} contradicts the data: {ds.name} images are "
+                            f"{'x'.join(map(str, ds.input_shape))}; drop --set input_shape or change image_size/channels")
+
+
+class _StartEpochGuard(tf.keras.callbacks.Callback):
+    """The input stream was built for `first_epoch`: make sure fit (after BackupAndRestore) agrees."""
+
+    def __init__(self, first_epoch: int):
+        super().__init__()
+        self.first_epoch = first_epoch
+        self._checked = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._checked and epoch != self.first_epoch:
+            raise RuntimeError(f"checkpoint restored epoch {epoch}, the input stream starts at {self.first_epoch}")
+        self._checked = True
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, strategy, *, resume: bool, verbose: Optional[int], log,
+                  extra_callbacks) -> TrainResult:
     log(("resuming" if resume else "run") + f" {run_dir} with config:\n{describe(cfg)}")
-    ds = _subsample(load_dataset(cfg.data, data_dir=cfg.data_dir, image_size=cfg.image_size,
-                                 channels=cfg.channels, seed=cfg.seed), cfg)
+    ds = load_dataset(cfg.data, data_dir=cfg.data_dir, image_size=cfg.image_size, channels=cfg.channels,
+                      seed=cfg.seed)
+    # Seeded, class-stratified samples: a subset never means "the first classes".
+    ds = subsample(ds, max_train=cfg.max_train_samples, max_test=cfg.max_test_samples, seed=cfg.seed)
     ds, (x_val, y_val) = split_validation(ds, cfg.val_fraction, cfg.seed)
     log(ds.describe())
+    _check_data_fits_model(cfg, ds)
     if strategy.num_replicas_in_sync > 1:
         log(f"strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replicas, "
             f"{cfg.batch_size // strategy.num_replicas_in_sync} images per replica per step")
@@ -107,9 +153,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, verbose: Optio
     from edgebvit.models.profile import profile_model
 
     tf.keras.utils.set_random_seed(cfg.seed)
-    steps = math.ceil(len(ds.x_train) / cfg.batch_size)
-    if cfg.steps_per_epoch:
-        steps = min(steps, cfg.steps_per_epoch)
+    steps = steps_in_epoch(len(ds.x_train), cfg.batch_size, cfg.steps_per_epoch)
     with strategy.scope():
         student = build_model(cfg, ds)
         teacher = None
@@ -128,24 +172,27 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, verbose: Optio
     restore_quantizers = (install_kernel_switch(student, model.quantize_kernels)
                           if cfg.optim.stage1_epochs else (lambda: None))
 
-    train_ds = make_tf_dataset(ds.x_train, ds.y_train, batch_size=cfg.batch_size, training=True,
-                               seed=cfg.seed, num_classes=ds.num_classes, augment=cfg.augment,
-                               cache=cfg.cache).repeat()
+    first_epoch = checkpoint_epoch(run_dir) if resume else 0
+    train_ds = training_dataset(ds.x_train, ds.y_train, batch_size=cfg.batch_size, steps_per_epoch=steps,
+                                first_epoch=first_epoch, epochs=cfg.epochs, seed=cfg.seed,
+                                num_classes=ds.num_classes, augment=cfg.augment, cache=cfg.cache)
     val_ds = None
     if len(x_val):
         val_ds = make_tf_dataset(x_val, y_val, batch_size=cfg.batch_size, training=False,
                                  num_classes=ds.num_classes, cache=cfg.cache)
     callbacks = [
-        # First, so its epoch-end save happens before the CSV row: a kill between the two loses
-        # a row, never repeats an epoch. Restores model, optimizer (hence schedule) and epoch.
-        tf.keras.callbacks.BackupAndRestore(str(run_dir / CHECKPOINT_DIR), delete_checkpoint=False),
+        _StartEpochGuard(first_epoch),
         LossSchedule(cfg, log=log),
         LearningRateLogger(),
         FlipRatioLogger(student),
         # best.keras must hold binary weights: a two-stage schedule's float epochs are not candidates.
         BestModelSaver(run_dir, student, "val_accuracy" if val_ds is not None else "accuracy",
                        first_epoch=cfg.optim.stage1_epochs),
-        tf.keras.callbacks.CSVLogger(str(run_dir / METRICS_CSV), append=True),
+        # The metrics row is written before the checkpoint: a kill between the two repeats the
+        # epoch on resume, and its row is replaced, so no row is ever lost or duplicated.
+        MetricsLogger(run_dir / METRICS_CSV),
+        # Restores model, optimizer (hence schedule) and epoch on resume.
+        tf.keras.callbacks.BackupAndRestore(str(run_dir / CHECKPOINT_DIR), delete_checkpoint=False),
         tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR), update_freq="epoch", profile_batch=0),
         *extra_callbacks,
     ]
@@ -167,7 +214,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, verbose: Optio
     test_loss, test_acc = float(test["loss"]), float(test["accuracy"])
 
     save_student(student, run_dir / MODEL_FILE)
-    write_parity_images(run_dir, ds, cfg.parity_images)
+    write_parity_images(run_dir, ds, cfg.parity_images, seed=cfg.seed)
     metrics = read_metrics_csv(run_dir / METRICS_CSV)
     atomic_write_json(run_dir / METRICS_JSON, metrics)
     best_state = run_dir / BEST_STATE_FILE
