@@ -10,6 +10,9 @@ atomically -> raise ParityError if parity failed (after both are on disk, so the
 read). A reader therefore never finds a report next to a flatbuffer it does not describe: until
 the new report lands there is either the old pair or no report, and the sha256 says which file
 a report vouches for. No output may be one of the inputs.
+
+One file (~570 lines): the export pipeline and its report are one transaction (inputs checked,
+converted, gated, then written in a fixed order); splitting it would scatter that order.
 """
 from __future__ import annotations
 

@@ -28,7 +28,6 @@ BGEMM kernel) and the split form elsewhere.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import List, Tuple
 

@@ -23,6 +23,9 @@ the file. Only its Keras metadata could revive Python (a Lambda's bytecode), and
 in step 2 like the other formats.
 
 Every failure is a one-line ``ModelError`` that names the file and the root cause.
+
+One file (~440 lines): the format sniffing, the config checks and the loading must stay together,
+so that no route into Keras skips a check.
 """
 from __future__ import annotations
 

@@ -138,7 +138,7 @@ class RunConfig:
             raise EdgebvitError("model must be a registered model name (see `edgebvit models`)")
         if not isinstance(self.data, str) or not self.data:
             raise EdgebvitError("data must be a dataset name, an .npz file or an image folder")
-        o, a, k = self.optim, self.augment, self.distill
+        o, k = self.optim, self.distill
         checks = [
             (o.optimizer in OPTIMIZERS, f"optim.optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}"),
