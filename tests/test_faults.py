@@ -245,3 +245,28 @@ def test_overrides_contradicting_the_data_are_one_line(tmp_path, toy, override, 
     res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run"), "--data", str(toy), "--epochs", "1",
                                    "--set", "depths=1", "--set", "embed_dims=32", "--set", override])
     _one_line_error(res, needle)
+
+
+def test_bench_killed_mid_sweep_leaves_the_model_and_no_partial_record(tmp_path):
+    """SIGKILL `edgebvit bench` while it measures: the model is untouched, and the results file
+    holds whole records or nothing (records are appended in one locked write at the end)."""
+    import hashlib
+    import time
+
+    model = tmp_path / "tiny.tflite"
+    model.write_bytes((Path(__file__).parent / "data" / "bench" / "tiny.tflite").read_bytes())
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    results = tmp_path / "results.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "edgebvit", "bench", str(model), "--threads", "1,2",
+                             "--runs", "100000", "--results", str(results), "--out", str(tmp_path / "r.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(8)  # TensorFlow-free start-up is fast; by now the sweep is running
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL  # it was still measuring when killed
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == before
+    if results.exists():
+        for line in results.read_text().splitlines():
+            json.loads(line)  # every line a whole record
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in leftovers if p.endswith(".tmp")], leftovers
