@@ -1,17 +1,6 @@
 """Datasets: read real image data from local files into uint8 arrays, then `tf.data` pipelines.
 
-Nothing here downloads. Supported sources (`--data`):
-
-* ``fashion_mnist`` / ``mnist``: the idx files (``*-images-idx3-ubyte[.gz]``) from ``--data-dir``,
-  ``$EDGEBVIT_DATA_DIR``, Debian's ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist),
-  or the Keras cache (~/.keras/datasets/...). 28x28 images are zero-padded to 32x32.
-* ``cifar10`` / ``cifar100``: the standard "python version" batch archives, unpacked
-  (``cifar-10-batches-py/``, ``cifar-100-python/``) or as the ``.tar.gz``, from ``--data-dir`` or the
-  Keras cache.
-* a path to an ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8 images NHWC or NHW) and
-  optionally ``class_names``.
-* a path to an image folder, one subfolder per class; with ``train/`` and ``test/`` (or ``val/``)
-  subfolders those are the splits, else a seeded, stratified fraction is held out for testing.
+Nothing here downloads; `sources.py` lists the supported `--data` sources.
 
 The pieces: `dataset.py` (the Dataset, `normalize`, the one validation, seeded stratified
 samples), `sources.py` (the loaders), and here `load_dataset`'s dispatch is re-exported beside
