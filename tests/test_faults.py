@@ -254,9 +254,9 @@ def test_bench_killed_mid_sweep_leaves_the_model_and_no_partial_record(tmp_path)
     before = hashlib.sha256(model.read_bytes()).hexdigest()
     results = tmp_path / "results.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "edgebvit", "bench", str(model), "--threads", "1,2",
-                             "--runs", "100000", "--results", str(results), "--out", str(tmp_path / "r.json")],
+                             "--warmup", "100000000", "--runs", "5", "--results", str(results), "--out", str(tmp_path / "r.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(8)  # TensorFlow-free start-up is fast; by now the sweep is running
+    time.sleep(8)  # TensorFlow-free start-up is fast; by now it is deep in 10^8 warm-up runs
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL  # it was still measuring when killed
