@@ -175,7 +175,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, strategy, *, resume: bool, verb
     first_epoch = checkpoint_epoch(run_dir) if resume else 0
     train_ds = training_dataset(ds.x_train, ds.y_train, batch_size=cfg.batch_size, steps_per_epoch=steps,
                                 first_epoch=first_epoch, epochs=cfg.epochs, seed=cfg.seed,
-                                num_classes=ds.num_classes, augment=cfg.augment, cache=cfg.cache)
+                                num_classes=ds.num_classes, augment=cfg.augment)
     val_ds = None
     if len(x_val):
         val_ds = make_tf_dataset(x_val, y_val, batch_size=cfg.batch_size, training=False,

@@ -25,7 +25,7 @@ def epoch_seed(seed: int, epoch) -> tf.Tensor:
 
 
 def training_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, steps_per_epoch: int, first_epoch: int,
-                     epochs: int, seed: int, num_classes: int, augment=None, cache: bool = True) -> tf.data.Dataset:
+                     epochs: int, seed: int, num_classes: int, augment=None) -> tf.data.Dataset:
     """Batches of (normalised images, one-hot labels) for epochs `first_epoch`..`epochs - 1`."""
     # The arrays are in memory already (the `cache` option is for the evaluation pipelines): each
     # epoch gathers from them in a stateless random permutation, a full shuffle of the epoch.
