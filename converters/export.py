@@ -33,10 +33,13 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from edgebvit.artifacts import CONFIG_FILE, MODEL_FILE, PARITY_FILE, TFLITE_FILE, export_report_name
+from edgebvit.artifacts import (CALIBRATION_FILE, CONFIG_FILE, MODEL_FILE, PARITY_FILE, TFLITE_FILE,
+                                export_report_name)
 from edgebvit.errors import DataError, EdgebvitError, ModelError, ParityError
 
 TARGETS = ("arm", "xcore")
+INTEGER_MODES = ("none", "attention", "full")
+DEFAULT_INTEGER = "attention"  # exact int8 attention: no calibration, passes the gate on every zoo family
 IO_TYPES = ("float32", "int8")
 DEFAULT_PARITY_IMAGES = 500
 # Random inputs (no held-out images): at most this many input values in total by default, so a
@@ -53,6 +56,11 @@ class ExportOptions:
     output_type: str = "float32"
     experimental_default_int8_range: Optional[Tuple[float, float]] = None
     rewrite: bool = True
+    # "none": today's graph (float outside the binary convs); "attention": exact int8 attention
+    # and the lean graph (docs/integer.md); "full": that plus calibrated int8 for every other op.
+    integer: str = DEFAULT_INTEGER
+    calibration_data: Optional[Path] = None  # NPZ x: training images for "full" (default: the run's)
+    calibration_images: int = 256
     # None: 500 held-out images, or for random inputs as many as SYNTHETIC_VALUE_BUDGET allows
     # (at least 50, at most 500); a number is used as given; 0 skips the parity gate.
     parity_images: Optional[int] = None
@@ -84,6 +92,7 @@ class ExportReport:
     parity_data_sha256: Optional[str] = None
     findings: List[dict] = field(default_factory=list)
     rewrite: dict = field(default_factory=dict)
+    integer: dict = field(default_factory=dict)
     inspection: dict = field(default_factory=dict)
     parity: Optional[dict] = None
     divergence: Optional[dict] = None
@@ -376,6 +385,8 @@ def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
     for name, value in (("input type", options.input_type), ("output type", options.output_type)):
         if value not in IO_TYPES:
             raise ModelError(f"unknown {name} {value!r} (choose from {', '.join(IO_TYPES)})")
+    if options.integer not in INTEGER_MODES:
+        raise ModelError(f"unknown integer mode {options.integer!r} (choose from {', '.join(INTEGER_MODES)})")
     if options.parity_images is not None and options.parity_images < 0:
         raise ModelError(f"parity images must be 0 or more, got {options.parity_images}")
     progress = stderr_progress if options.progress else None
@@ -394,9 +405,10 @@ def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
         raise DataError(f"{src.run_dir}: no {PARITY_FILE} (pass --parity-data NPZ, or --parity-images 0 to skip parity)")
     if not gate:
         parity_file = None
+    calibration_file = _calibration_file(options, src)
     _refuse_overwriting_inputs(
         (out, report_path),
-        [("model", src.model_path), ("parity data", parity_file),
+        [("model", src.model_path), ("parity data", parity_file), ("calibration data", calibration_file),
          ("run config", src.run_dir / CONFIG_FILE if src.run_dir is not None else None)])
 
     source_sha256 = sha256_of(src.model_path)
@@ -426,10 +438,11 @@ def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
             findings = precheck(model, target=options.target)
 
     label = str(src.model_path)
+    to_convert, integer_info = _integer_model(model, options, calibration_file, progress)
     if progress:
         progress(f"converting {label} with LCE ...")
     t0 = time.perf_counter()
-    flatbuffer = convert(model, options, label=label)
+    flatbuffer = convert(to_convert, options, label=label)
     convert_seconds = time.perf_counter() - t0
     inspection = inspect_flatbuffer(flatbuffer)
 
@@ -444,6 +457,7 @@ def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
         parity_data_sha256=sha256_of(parity_file) if parity_file is not None else None,
         findings=[asdict(f) for f in findings],
         rewrite=rewrite_info,
+        integer=integer_info,
         inspection=_inspection_dict(inspection, out),
         convert_seconds=convert_seconds,
     )
@@ -464,7 +478,9 @@ def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
                 if progress:
                     progress("parity failed: bisecting the layers for the first that diverges ...")
                 bad = _bisect_samples(x, parity)
-                div = locate_divergence(model, bad, lambda m: convert(m, options, label=label), progress=progress)
+                # On the graph that was converted (the integer twin, if any): its Keras outputs are
+                # what each converted prefix must reproduce.
+                div = locate_divergence(to_convert, bad, lambda m: convert(m, options, label=label), progress=progress)
                 if div is not None:
                     report.divergence = div.to_dict()
                     failure += f"; first diverging layer: {div.layer} ({div.layer_class})"
@@ -475,6 +491,64 @@ def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
         err.report = report  # the CLI prints the full report before the one-line error
         raise err
     return report
+
+
+def _calibration_file(options: ExportOptions, src: Source) -> Optional[Path]:
+    """The calibration images for ``--integer full`` (checked before the slow steps)."""
+    if options.integer != "full":
+        if options.calibration_data is not None:
+            raise DataError("--calibration-data is only used with --integer full")
+        return None
+    if options.calibration_data is not None:
+        path = Path(options.calibration_data)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (--calibration-data wants an NPZ with x: training images)")
+        return path
+    if src.run_dir is not None and (src.run_dir / CALIBRATION_FILE).is_file():
+        return src.run_dir / CALIBRATION_FILE
+    where = f"{src.run_dir} has no {CALIBRATION_FILE}" if src.run_dir is not None else "a model file has no calibration images"
+    raise DataError(f"--integer full needs calibration images ({where}): pass --calibration-data NPZ (x: a few "
+                    "hundred model-ready training images), or use --integer attention, which needs none")
+
+
+def _integer_model(model, options: ExportOptions, calibration_file: Optional[Path], progress):
+    """The model to convert for `options.integer`, and what the report says about it."""
+    if options.integer == "none":
+        return model, {"mode": "none"}
+    from edgebvit.converters import integer
+
+    if not getattr(model, "_is_graph_network", False):
+        if options.integer == "full":
+            raise ModelError(f"model {model.name!r} is subclassed; --integer full needs a functional model "
+                             "(or export with --integer none)")
+        return model, {"mode": "none", "requested": options.integer,
+                       "note": "subclassed model: exported as is (the integer rewrite needs a functional model)"}
+    info = integer.integer_twin(model, mode=options.integer)
+    if not info.replaced and options.integer == "attention":
+        return model, {"mode": "attention", "replaced": {}, "attention": [], "dead_attention": [],
+                       "note": "nothing to rewrite (no attention core or element-wise layer edgebvit knows)"}
+    report = {"mode": options.integer, "replaced": _count(info.replaced.values()), "attention": info.attention,
+              "dead_attention": [a["layer"] for a in info.attention if a["dead"]]}
+    if options.integer == "full":
+        x = _load_calibration(calibration_file, options.calibration_images, model.input_shape)
+        if progress:
+            progress(f"calibrating int8 ranges on {len(x)} images from {calibration_file} ...")
+        ranges = integer.calibrate(info, x)
+        report["calibration"] = {"path": str(calibration_file), "sha256": sha256_of(calibration_file),
+                                 "images": int(len(x)), "calibrated_tensors": len(ranges)}
+    return info.model, report
+
+
+def _count(values) -> dict:
+    out: dict = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def _load_calibration(path: Path, n: int, input_shape) -> np.ndarray:
+    x, _ = load_parity_data(path, n, input_shape)
+    return x
 
 
 def _bisect_samples(x: np.ndarray, parity) -> np.ndarray:
@@ -510,6 +584,22 @@ def _inspection_dict(inspection, out: Path) -> dict:
 
 # ---- presentation --------------------------------------------------------------------------
 
+def _integer_lines(info: dict) -> List[str]:
+    if not info or info.get("mode") in (None, "none"):
+        note = info.get("note") if info else None
+        return [f"integer: none ({note})"] if note else ["integer: none (float outside the binary convs)"]
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(info.get("replaced", {}).items()))
+    lines = [f"integer: {info['mode']} ({parts or info.get('note') or 'nothing to rewrite'})"]
+    cal = info.get("calibration")
+    if cal:
+        lines.append(f"  calibrated {cal['calibrated_tensors']} tensor ranges on {cal['images']} images from {cal['path']}")
+    dead = info.get("dead_attention") or []
+    if dead:
+        lines.append(f"  warning: {len(dead)} attention core(s) have a probability scale alpha <= 0 and output only "
+                     f"zeros (BiT's binarizer cannot recover once alpha is negative): {', '.join(dead)}")
+    return lines
+
+
 def format_export_report(report: ExportReport) -> str:
     from edgebvit.converters.inspect import format_summary
     from edgebvit.converters.precheck import not_checked
@@ -525,6 +615,7 @@ def format_export_report(report: ExportReport) -> str:
         lines.append(f"rewrite: {len(rw['rewritten'])} QuantDense -> 1x1 QuantConv2D ({', '.join(rw['rewritten'])})")
     for s in rw.get("skipped", []):
         lines.append(f"rewrite skipped: {s}")
+    lines.extend(_integer_lines(report.integer))
     lines.append("")
     why = not_checked(report.findings)
     if why:

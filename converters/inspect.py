@@ -40,6 +40,13 @@ def format_summary(report: Union[FlatbufferReport, Mapping]) -> str:
     lines.append(f"MACs in float ops          {by_prec[FLOAT]:>14,}  (excluding attention)")
     lines.append(f"MACs in attention matmuls  {m['attention']:>14,}  (activation x activation; "
                  f"{attention_int8 / m['attention'] if m['attention'] else 0.0:.0%} in int8)")
+    per_block = ins.get("ops_per_block") or {}
+    blocks = [(k, v) for k, v in per_block.items() if k != "other"]
+    if blocks:
+        counts = sorted({v for _, v in blocks})
+        span = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        lines.append(f"operators                  {sum(per_block.values()):>14,}  ({len(blocks)} blocks of {span}, "
+                     f"{per_block.get('other', 0)} outside blocks)")
     lines.append(f"binary MAC share           {m['binary_share']:>14.1%}")
     lines.append(f"  excluding attention      {m['binary_share_excluding_attention']:>14.1%}")
     f32 = ins["float32_equivalent_bytes"]

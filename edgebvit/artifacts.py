@@ -10,6 +10,7 @@ BEST_MODEL_FILE = "best.keras"  # the student at its best epoch
 BEST_STATE_FILE = "best.json"  # which epoch that was, and its metric
 SUMMARY_FILE = "summary.json"  # written last: its presence marks a finished run
 PARITY_FILE = "parity_images.npz"  # held-out test images, model-ready, for the parity gate
+CALIBRATION_FILE = "calibration_images.npz"  # training images, model-ready, for int8 ranges
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import re
 import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -42,6 +43,7 @@ PRECISIONS = (BINARY, INT8, FLOAT)
 LCE_OPS = ("LceQuantize", "LceDequantize", "LceBconv2d", "LceBMaxPool2d")
 INTEGER_TENSOR_TYPES = ("INT8", "UINT8", "INT16")
 _PADDING = {0: "SAME", 1: "VALID"}
+_BLOCK_NAME = re.compile(r"(?:^|/)(block\d+|s\d+b\d+)_")
 _ACTIVATION = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
 _ITEMSIZE = {"FLOAT32": 4, "INT32": 4, "INT64": 8, "FLOAT16": 2, "INT16": 2, "INT8": 1, "UINT8": 1, "BOOL": 1}
 
@@ -186,6 +188,22 @@ class FlatbufferReport:
         return self.binary_macs / rest if rest else 0.0
 
     @property
+    def attention_int8_share(self) -> float:
+        """Share of the attention matmul MACs that run in int8 ops."""
+        att = self.attention_macs
+        return sum(op.macs for op in self.ops if op.attention and op.precision == INT8) / att if att else 0.0
+
+    def ops_per_block(self) -> Dict[str, int]:
+        """Operators per transformer block, from the Keras layer names TFLite keeps in tensor names
+        (BinaryViT ``block3_...``, BHViT ``s2b1_...``); the rest (stem, merging, head) is ``other``."""
+        out: Dict[str, int] = {}
+        for op in self.ops:
+            m = _BLOCK_NAME.search(op.name)
+            key = m.group(1) if m else "other"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    @property
     def bconvs(self) -> Tuple[OpInfo, ...]:
         return tuple(op for op in self.ops if op.op_type == "LceBconv2d")
 
@@ -225,7 +243,9 @@ class FlatbufferReport:
                 "attention": self.attention_macs,
                 "binary_share": self.binary_mac_share,
                 "binary_share_excluding_attention": self.binary_mac_share_excluding_attention,
+                "attention_int8_share": self.attention_int8_share,
             },
+            "ops_per_block": self.ops_per_block(),
             "has_grouped_bconv": self.has_grouped_bconv,
             "grouped_bconvs": self.grouped_bconvs,
             "ops": [op_dict(op) for op in self.ops],
@@ -330,7 +350,9 @@ def _parse(data: bytes, path: Optional[str]) -> FlatbufferReport:
             options = _options(op, op_type)
             groups = _groups(op_type, ins, options)
             macs, attention = _macs(op_type, ins, outs, options, groups)
-            data_in = next((t for t in ins if not t.constant), None)
+            # The first non-constant, non-boolean input decides; without one (SELECT_V2 between two
+            # constants on a bool condition) the output's type does.
+            data_in = next((t for t in ins if not t.constant and t.dtype != "BOOL"), None) or (outs[0] if outs else None)
             w_bytes = w_f32 = 0
             for t in ins:
                 if not t.constant:

@@ -35,6 +35,16 @@ def _parse_range(value: Optional[str]) -> Optional[Tuple[float, float]]:
 @click.option("--experimental-default-int8-range", "int8_range", metavar="MIN,MAX", default=None,
               help="EXPERIMENTAL, for latency tests only: fallback int8 ranges for float ops without "
                    "calibration. Outputs are not accurate; parity will usually fail.")
+@click.option("--integer", type=click.Choice(["none", "attention", "full"]), default="attention", show_default=True,
+              help="What runs in int8 besides the binary convs. attention: both attention matmuls and the "
+                   "softmax in int8 with exact ranges from the known value sets (+-1 Q/K/V, integer scores, "
+                   "quantized probabilities as counts), no calibration, plus the lean graph (RPReLU as PRELU, "
+                   "affines as one op). full: also every other op in int8 with per-tensor ranges calibrated on "
+                   "training images (the run's calibration_images.npz or --calibration-data); the parity gate "
+                   "decides whether it is usable. none: float outside the binary convs.")
+@click.option("--calibration-data", type=click.Path(path_type=Path), default=None,
+              help="NPZ with x: a few hundred model-ready training images, for --integer full on a plain model "
+                   "file (a run directory uses its calibration_images.npz).")
 @click.option("--rewrite/--no-rewrite", default=True, show_default=True,
               help="Rewrite QuantDense as 1x1 QuantConv2D so it becomes a binary LceBconv2d.")
 @click.option("--parity-images", type=click.IntRange(min=0), default=None,
@@ -51,7 +61,7 @@ def _parse_range(value: Optional[str]) -> Optional[Tuple[float, float]]:
                    "from another code base (e.g. --import larq_zoo).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def command(model: Path, tflite: bool, output: Optional[Path], target: str, input_type: str, output_type: str,
-            int8_range: Optional[str], rewrite: bool, parity_images: Optional[int], parity_data: Optional[Path],
+            int8_range: Optional[str], integer: str, calibration_data: Optional[Path], rewrite: bool, parity_images: Optional[int], parity_data: Optional[Path],
             min_agreement: float, import_modules: Tuple[str, ...], as_json: bool) -> None:
     """Convert MODEL (a run directory or a .keras/.h5/SavedModel) to an LCE flatbuffer.
 
@@ -71,7 +81,8 @@ def command(model: Path, tflite: bool, output: Optional[Path], target: str, inpu
 
     options = ExportOptions(
         output=output, target=target, input_type=input_type, output_type=output_type,
-        experimental_default_int8_range=_parse_range(int8_range), rewrite=rewrite,
+        experimental_default_int8_range=_parse_range(int8_range), rewrite=rewrite, integer=integer,
+        calibration_data=calibration_data,
         parity_images=parity_images, parity_data=parity_data, min_agreement=min_agreement,
         import_modules=tuple(import_modules), progress=True,
     )

@@ -224,6 +224,7 @@ def _validate_arrays(
 # Independent random streams per use, so e.g. changing --max-test-samples leaves the training
 # sample alone.
 _STREAM_TRAIN, _STREAM_TEST, _STREAM_PARITY, _STREAM_VAL, _STREAM_HOLDOUT, _STREAM_SHUFFLE = range(1, 7)
+_STREAM_CALIBRATION = 7
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -297,6 +298,15 @@ def parity_sample(ds: Dataset, n: int, seed: int) -> Tuple[np.ndarray, np.ndarra
         raise DataError(f"the number of parity images must be 0 or more, got {n!r}")
     idx = _stratified_pick(ds.y_test, int(n), _rng(seed, _STREAM_PARITY))
     return np.ascontiguousarray(ds.x_test[idx], np.uint8), ds.y_test[idx].astype(np.int64)
+
+
+def calibration_sample(ds: Dataset, n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A seeded stratified random sample of min(n, train size) *training* images (uint8) and
+    labels: the int8 calibration set, disjoint from every test image."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise DataError(f"the number of calibration images must be 0 or more, got {n!r}")
+    idx = _stratified_pick(ds.y_train, int(n), _rng(seed, _STREAM_CALIBRATION))
+    return np.ascontiguousarray(ds.x_train[idx], np.uint8), ds.y_train[idx].astype(np.int64)
 
 
 def split_validation(ds: Dataset, fraction: float, seed: int) -> Tuple[Dataset, Tuple[np.ndarray, np.ndarray]]:

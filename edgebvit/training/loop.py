@@ -17,8 +17,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from edgebvit.artifacts import (BEST_MODEL_FILE, BEST_STATE_FILE, CHECKPOINT_DIR, METRICS_CSV, METRICS_JSON,
-                                MODEL_FILE, PARITY_FILE, SUMMARY_FILE, TENSORBOARD_DIR)
+from edgebvit.artifacts import (BEST_MODEL_FILE, BEST_STATE_FILE, CALIBRATION_FILE, CHECKPOINT_DIR, METRICS_CSV,
+                                METRICS_JSON, MODEL_FILE, PARITY_FILE, SUMMARY_FILE, TENSORBOARD_DIR)
 from edgebvit.errors import EdgebvitError
 from edgebvit.fileio import atomic_write_json
 from edgebvit.models.layers import binary_latent_kernels, install_kernel_switch
@@ -30,8 +30,11 @@ from edgebvit.training.distill import load_teacher
 from edgebvit.training.optim import make_optimizer, optimizer_steps
 from edgebvit.training.pipeline import steps_in_epoch, training_dataset
 from edgebvit.training.rundir import (RunLock, checkpoint_epoch, os_error_text, prepare_run_dir, read_metrics_csv,
-                                      remove_partial_checkpoints, save_student, write_parity_images)
+                                      remove_partial_checkpoints, save_student, write_calibration_images,
+                                      write_parity_images)
 from edgebvit.training.trainer import Trainer
+
+CALIBRATION_IMAGES = 256  # training images kept for `export --integer full` (per-tensor int8 ranges)
 
 
 @dataclass
@@ -215,6 +218,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, strategy, *, resume: bool, verb
 
     save_student(student, run_dir / MODEL_FILE)
     write_parity_images(run_dir, ds, cfg.parity_images, seed=cfg.seed)
+    write_calibration_images(run_dir, ds, CALIBRATION_IMAGES, seed=cfg.seed)
     metrics = read_metrics_csv(run_dir / METRICS_CSV)
     atomic_write_json(run_dir / METRICS_JSON, metrics)
     best_state = run_dir / BEST_STATE_FILE
@@ -235,7 +239,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, strategy, *, resume: bool, verb
         "best": best,
         "model_stats": stats.to_dict(),
         "artifacts": {"model": MODEL_FILE, "best_model": BEST_MODEL_FILE if best else None,
-                      "parity_images": PARITY_FILE, "metrics": METRICS_CSV,
+                      "parity_images": PARITY_FILE, "calibration_images": CALIBRATION_FILE,
+                      "metrics": METRICS_CSV,
                       "tensorboard": TENSORBOARD_DIR, "checkpoints": CHECKPOINT_DIR},
     }
     atomic_write_json(run_dir / SUMMARY_FILE, summary)

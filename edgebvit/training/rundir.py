@@ -9,6 +9,7 @@ RUN_DIR/
   best.keras, best.json the student at its best epoch (val_accuracy, else training accuracy)
   model.keras           the final (last-epoch) Keras model
   parity_images.npz     held-out test images (model-ready float32) + labels for export's parity check
+  calibration_images.npz  training images (model-ready float32) for export's int8 ranges
   summary.json          test accuracy, timings, optimizer steps, parameter/MAC counts (written last)
 
 The file names live in `edgebvit.artifacts`, shared with export, which reads this directory.
@@ -27,11 +28,12 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from edgebvit.artifacts import CHECKPOINT_DIR, CONFIG_FILE, METRICS_CSV, PARITY_FILE, SUMMARY_FILE
+from edgebvit.artifacts import CALIBRATION_FILE, CHECKPOINT_DIR, CONFIG_FILE, METRICS_CSV, PARITY_FILE, SUMMARY_FILE
 from edgebvit.errors import EdgebvitError
 from edgebvit.fileio import atomic_write_bytes, atomic_write_json
 from edgebvit.training.config import RunConfig
 from edgebvit.training.data import Dataset, normalize, parity_sample
+from edgebvit.training.dataset import calibration_sample
 
 
 LOCK_FILE = ".lock"
@@ -213,6 +215,16 @@ def write_parity_images(run_dir: Path, ds: Dataset, n: int, *, seed: int = 0) ->
     buf = io.BytesIO()
     np.savez_compressed(buf, x=normalize(x), y=np.asarray(y, np.int64))
     atomic_write_bytes(run_dir / PARITY_FILE, buf.getvalue())
+
+
+def write_calibration_images(run_dir: Path, ds: Dataset, n: int, *, seed: int = 0) -> None:
+    """Save n training images, model-ready, for `edgebvit export --integer full` (per-tensor
+    int8 ranges): a seeded stratified sample of the training split, never test images, so the
+    parity gate and the test accuracy are not measured on the data the ranges came from."""
+    x, y = calibration_sample(ds, n, seed)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=normalize(x), y=np.asarray(y, np.int64))
+    atomic_write_bytes(run_dir / CALIBRATION_FILE, buf.getvalue())
 
 
 def read_metrics_csv(path: Path):

@@ -1,0 +1,187 @@
+"""converters/integer.py: exact integer attention, the lean graph, calibrated int8 and its gate."""
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+import edgebvit  # noqa: F401
+import tensorflow as tf
+
+import edgebvit.models as zoo
+from edgebvit.converters import integer
+from edgebvit.models import layers as L
+
+pytestmark = pytest.mark.slow
+
+
+def _randomize_bn(model, seed):
+    rng = np.random.default_rng(seed)
+    for layer in model.submodules:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            g, b, mu, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0.0, 0.3, b.shape),
+                               rng.normal(0.0, 0.3, mu.shape), rng.uniform(0.5, 1.5, v.shape)])
+
+
+def _small(name, classes, **extra):
+    """A reduced zoo model at 16x16 (BinaryViT) or 32x32 (BHViT) with live attention."""
+    info = zoo.get_model_info(name)
+    if info.family == "bhvit":
+        cfg = dict(depths=(1, 1, 1, 1), embed_dims=(64, 128, 128, 128), mlp_ratios=(2, 2, 2, 2),
+                   num_heads=(1, 2, 2, 2), num_classes=classes)
+    else:
+        cfg = dict(input_shape=(16, 16, 1), num_classes=classes, patch_size=4, depths=1, embed_dims=32,
+                   num_heads=1, mlp_ratios=2)
+    m = zoo.create_model(name, **{**cfg, **extra})
+    m._name = f"{name}_{classes}"  # unique inside a combined model
+    _randomize_bn(m, classes)
+    return m
+
+
+# ---- the step functions are exact on the int8 softmax grid -------------------------------------
+
+@pytest.mark.parametrize("alpha", [0.001, 0.0039, 0.005, 0.013, 0.3])
+def test_grid_threshold_matches_bit_binarizer_on_every_int8_probability(alpha):
+    p = np.arange(256) / 256.0  # every value an int8 softmax can output
+    want = np.clip(np.round(p / alpha), 0, 1)  # BiT: round(P / alpha) clipped to [0, 1]
+    t = integer._grid_threshold(alpha / 2, strict=True)
+    assert np.array_equal((p > t).astype(float), want)
+
+
+def test_grid_thresholds_match_the_qd_thermometer():
+    p = np.arange(256) / 256.0
+    want = np.clip(np.floor(3 * p + 0.5), 0, 3)
+    counts = sum((p > integer._grid_threshold((k - 0.5) / 3, strict=False)).astype(float) for k in (1, 2, 3))
+    assert np.array_equal(counts, want)
+
+
+def test_dead_binarizer_is_reported_and_outputs_zero():
+    core = L.MultiHeadAttentionCore(num_heads=2, prob_quant="binary")
+    q = tf.sign(tf.random.normal((1, 4, 4, 8))) + 0.0
+    core((q, q, q))
+    core.prob_binarizer.alpha.assign(-0.01)  # what a too-large first step does: no gradient brings it back
+    levels = integer.prob_levels(core)
+    assert not np.any(levels.scale)
+    assert float(tf.reduce_max(tf.abs(core((q, q, q))))) == 0.0
+
+
+# ---- the twin computes the model's function ----------------------------------------------------
+
+@pytest.mark.parametrize("name", ["binaryvit_tiny_32", "binaryvit_tiny_32_spt_lsa"])
+def test_float_twin_is_the_same_function(name):
+    tf.keras.utils.set_random_seed(0)
+    m = _small(name, 10)
+    info = integer.integer_twin(m, mode="float")
+    assert "PReLU" in info.replaced.values() and "integer attention" in info.replaced.values()
+    x = np.random.default_rng(0).normal(size=(16, 16, 16, 1)).astype(np.float32)
+    a, b = m(x, training=False).numpy(), info.model(x, training=False).numpy()
+    assert np.abs(a - b).max() <= 1e-3 * max(1.0, np.abs(a).max())
+
+
+def test_rebuild_never_touches_the_original():
+    tf.keras.utils.set_random_seed(0)
+    m = _small("binaryvit_tiny_32", 10)
+    before = [w.copy() for w in m.get_weights()]
+    info = integer.integer_twin(m, mode="full")
+    integer.calibrate(info, np.random.default_rng(0).normal(size=(8, 16, 16, 1)).astype(np.float32))
+    assert all(np.array_equal(a, b) for a, b in zip(before, m.get_weights()))
+    assert all(not o.calibrating for o in info.observers())
+
+
+# ---- every family's attention runs in int8 in the flatbuffer -----------------------------------
+
+@pytest.fixture(scope="module")
+def attention_export():
+    """BinaryViT, its SPT/LSA variant and BHViT with both QD forms, one combined conversion."""
+    from edgebvit.converters.export import ExportOptions, convert
+
+    tf.keras.utils.set_random_seed(1)
+    models = {"binaryvit": _small("binaryvit_tiny_32", 11), "lsa": _small("binaryvit_tiny_32_spt_lsa", 12),
+              "bhvit_lsq": _small("bhvit_tiny_32", 13), "bhvit_fixed": _small("bhvit_tiny_32", 14, qd_form="fixed")}
+    i16, i32 = tf.keras.Input((16, 16, 1)), tf.keras.Input((32, 32, 3))
+    outs = [models["binaryvit"](i16), models["lsa"](i16), models["bhvit_lsq"](i32), models["bhvit_fixed"](i32)]
+    combined = tf.keras.Model([i16, i32], outs)
+    info = integer.integer_twin(combined, mode="attention")  # rebuilds the nested models too
+    fb = convert(info.model, ExportOptions())
+    return combined, info, fb
+
+
+def test_every_attention_matmul_is_int8(attention_export):
+    from edgebvit.converters.inspect import inspect_flatbuffer
+
+    _, info, fb = attention_export
+    report = inspect_flatbuffer(fb)
+    assert report.attention_macs > 0
+    assert report.attention_int8_share == 1.0
+    assert not [op for op in report.ops if op.attention and op.precision != "int8"]
+    assert all(a["scores_exact"] for a in info.attention)
+    assert {a["prob_levels"] for a in info.attention} == {1, 3}
+
+
+def test_integer_attention_flatbuffer_agrees_with_keras(attention_export):
+    from edgebvit.converters.parity import make_interpreter
+
+    combined, info, fb = attention_export
+    rng = np.random.default_rng(5)
+    x16 = rng.normal(size=(12, 16, 16, 1)).astype(np.float32)
+    x32 = rng.normal(size=(12, 32, 32, 3)).astype(np.float32)
+    keras = combined.predict([x16, x32], verbose=0)
+    interp, _ = make_interpreter(fb)
+    lce = interp.predict([x16, x32])
+    by_classes = {np.asarray(o).shape[-1]: np.asarray(o).reshape(12, -1) for o in lce}
+    for k in keras:
+        lo = by_classes[k.shape[-1]]
+        agree = (k.argmax(-1) == lo.argmax(-1)).mean()
+        assert agree >= 10 / 12, (k.shape[-1], agree)
+
+
+# ---- the CLI: modes, calibration and the gate --------------------------------------------------
+
+def _run_dir(tmp_path, n=40):
+    tf.keras.utils.set_random_seed(2)
+    m = _small("binaryvit_tiny_32", 10)
+    run = tmp_path / "run"
+    run.mkdir()
+    m.save(run / "model.keras")
+    rng = np.random.default_rng(1)
+    np.savez(run / "parity_images.npz", x=rng.normal(size=(n, 16, 16, 1)).astype(np.float32),
+             y=rng.integers(0, 10, n).astype(np.int64))
+    (run / "config.json").write_text(json.dumps({"model": "tiny", "data": "random", "model_overrides": {}}))
+    return run, m
+
+
+def test_full_int8_without_calibration_is_one_line(tmp_path):
+    run, _ = _run_dir(tmp_path)
+    r = run_cli("export", run, "--tflite", "--integer", "full")
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert err[-1].startswith("error: --integer full needs calibration images")
+    assert "--calibration-data" in r.stderr and "Traceback" not in r.stderr
+    assert not (run / "model.tflite").exists()
+
+
+def test_bad_calibration_fails_the_parity_gate(tmp_path):
+    run, _ = _run_dir(tmp_path)
+    # Ranges from two images of one class, shrunk: most tensors clip in int8.
+    x = np.random.default_rng(9).normal(size=(2, 16, 16, 1)).astype(np.float32) * 0.05
+    np.savez(tmp_path / "bad.npz", x=x, y=np.zeros(2, np.int64))
+    r = run_cli("export", run, "--tflite", "--integer", "full", "--calibration-data", tmp_path / "bad.npz",
+                "--json")
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: parity failed")
+    report = json.loads((run / "model.export.json").read_text())
+    assert report["status"] == "parity_failed"
+    assert report["integer"]["mode"] == "full"
+    assert report["integer"]["calibration"]["images"] == 2
+
+
+def test_default_export_is_integer_attention(tmp_path):
+    run, _ = _run_dir(tmp_path)
+    r = run_cli("export", run, "--tflite")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((run / "model.export.json").read_text())
+    assert report["integer"]["mode"] == "attention"
+    assert report["inspection"]["macs"]["attention_int8_share"] == 1.0
+    assert report["parity"]["top1_agreement"] >= 0.99
+    assert "integer: attention" in r.stdout and "in int8)" in r.stdout
