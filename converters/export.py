@@ -39,7 +39,9 @@ from edgebvit.errors import DataError, EdgebvitError, ModelError, ParityError
 
 TARGETS = ("arm", "xcore")
 INTEGER_MODES = ("none", "attention", "full")
-DEFAULT_INTEGER = "attention"  # exact int8 attention: no calibration, passes the gate on every zoo family
+# "none" until the int8 softmax is shown to keep live attention within the gate: measured, a
+# 1-epoch binaryvit_tiny_32 with live attention failed it in "attention" mode (docs/integer.md).
+DEFAULT_INTEGER = "none"
 IO_TYPES = ("float32", "int8")
 DEFAULT_PARITY_IMAGES = 500
 # Random inputs (no held-out images): at most this many input values in total by default, so a

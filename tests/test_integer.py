@@ -176,9 +176,9 @@ def test_bad_calibration_fails_the_parity_gate(tmp_path):
     assert report["integer"]["calibration"]["images"] == 2
 
 
-def test_default_export_is_integer_attention(tmp_path):
+def test_integer_attention_export_end_to_end(tmp_path):
     run, _ = _run_dir(tmp_path)
-    r = run_cli("export", run, "--tflite")
+    r = run_cli("export", run, "--tflite", "--integer", "attention")
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((run / "model.export.json").read_text())
     assert report["integer"]["mode"] == "attention"

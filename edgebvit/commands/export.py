@@ -35,7 +35,7 @@ def _parse_range(value: Optional[str]) -> Optional[Tuple[float, float]]:
 @click.option("--experimental-default-int8-range", "int8_range", metavar="MIN,MAX", default=None,
               help="EXPERIMENTAL, for latency tests only: fallback int8 ranges for float ops without "
                    "calibration. Outputs are not accurate; parity will usually fail.")
-@click.option("--integer", type=click.Choice(["none", "attention", "full"]), default="attention", show_default=True,
+@click.option("--integer", type=click.Choice(["none", "attention", "full"]), default="none", show_default=True,
               help="What runs in int8 besides the binary convs. attention: both attention matmuls and the "
                    "softmax in int8 with exact ranges from the known value sets (+-1 Q/K/V, integer scores, "
                    "quantized probabilities as counts), no calibration, plus the lean graph (RPReLU as PRELU, "
