@@ -11,21 +11,15 @@ read). A reader therefore never finds a report next to a flatbuffer it does not 
 the new report lands there is either the old pair or no report, and the sha256 says which file
 a report vouches for. No output may be one of the inputs.
 
-One file (~570 lines): the export pipeline and its report are one transaction (inputs checked,
-converted, gated, then written in a fixed order); splitting it would scatter that order.
+This file is the pipeline (inputs checked, converted, gated, then written in a fixed order); the
+converter call is `converters/lce_convert.py`, the integer graph `converters/integer.py`, the
+report's text `converters/export_report.py`.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
-import importlib.util
-import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,9 +29,10 @@ import numpy as np
 
 from edgebvit.artifacts import (CALIBRATION_FILE, CONFIG_FILE, MODEL_FILE, PARITY_FILE, TFLITE_FILE,
                                 export_report_name)
+from edgebvit.converters.export_report import format_export_report  # noqa: F401 - the public name
+from edgebvit.converters.lce_convert import TARGETS, convert, one_line_cause  # noqa: F401 - convert is public here too
 from edgebvit.errors import DataError, EdgebvitError, ModelError, ParityError
 
-TARGETS = ("arm", "xcore")
 INTEGER_MODES = ("none", "attention", "full")
 # "none" until the int8 softmax is shown to keep live attention within the gate: measured, a
 # 1-epoch binaryvit_tiny_32 with live attention failed it in "attention" mode (docs/integer.md).
@@ -142,20 +137,13 @@ def load_parity_data(path: Path, n: int, input_shape) -> Tuple[np.ndarray, Optio
     except EdgebvitError:
         raise
     except Exception as err:
-        raise DataError(f"{path}: cannot read parity images ({_first_line(err)})") from None
+        raise DataError(f"{path}: cannot read parity images ({one_line_cause(err)})") from None
     if not np.all(np.isfinite(x)):
         raise DataError(f"{path}: the parity images contain NaN or infinite values")
     want = tuple(int(d) for d in input_shape[1:] if d is not None)
     if len(x) == 0 or tuple(x.shape[1:]) != want:
         raise DataError(f"{path}: images have shape {tuple(x.shape[1:])}, the model wants {want}")
     return x, y
-
-
-def _first_line(err: BaseException) -> str:
-    """The root cause of `err` in one line (the innermost exception, Keras's boilerplate dropped)."""
-    from edgebvit.models.loading import root_cause
-
-    return root_cause(err)
 
 
 def sha256_of(path) -> str:
@@ -204,177 +192,6 @@ def default_parity_count(options: ExportOptions, input_shape, synthetic: bool) -
         return n, (f"random inputs capped at {n} samples for {shape} inputs (default budget "
                    f"{SYNTHETIC_VALUE_BUDGET:,} input values); pass --parity-images N to choose")
     return n, None
-
-
-# ---- conversion ----------------------------------------------------------------------------
-
-CRASH_ADVICE = ("try --no-rewrite, export a smaller part of the model to find the layer that crashes it, "
-                "or report it to larq/compute-engine with the model")
-
-
-def convert(model, options: ExportOptions, *, label: Optional[str] = None) -> bytes:
-    """What ``lce.convert_keras_model`` does, with the C++ converter call in a child process.
-
-    As LCE does, the model is saved as a SavedModel in a temporary folder and converted from
-    there, falling back to a frozen GraphDef when that fails. Only the converter call (the part
-    that can segfault) runs in the child (``converters/lce_child.py``, started in well under a
-    second: it loads LCE's converter extension without TensorFlow). A child killed by a signal
-    is a ModelError naming `label` (default: the model's name) and the signal.
-    """
-    import tensorflow as tf
-
-    if options.target not in TARGETS:
-        raise ModelError(f"unknown target {options.target!r} (choose from {', '.join(TARGETS)})")
-    if not isinstance(model, tf.keras.Model):
-        raise ModelError(f"LCE converter failed: expected a Keras model, got {type(model).__name__}")
-    if hasattr(model, "dtype_policy") and model.dtype_policy.name != "float32":
-        raise ModelError(f"LCE converter failed: the model's dtype policy is {model.dtype_policy.name}; "
-                         "LCE converts float32 models only (rebuild it with float32)")
-    label = label or f"model {model.name!r}"
-    job = {"target": options.target,
-           "default_int8_range": list(options.experimental_default_int8_range)
-           if options.experimental_default_int8_range else None}
-    int8_io = options.input_type != "float32" or options.output_type != "float32"
-    with tempfile.TemporaryDirectory(prefix="edgebvit-convert-") as tmp:
-        tmp = Path(tmp)
-        saved_model = tmp / "saved_model"
-        try:
-            model.save(str(saved_model), save_format="tf")
-            version = _saved_model_version(saved_model)
-        except Exception:  # noqa: BLE001 - LCE falls back to the GraphDef route too
-            version = None
-        if version is not None:
-            job_dir = tmp / "saved_model_job"
-            job_dir.mkdir()
-            result = _run_converter_child(job_dir, {**job, "kind": "saved_model", "saved_model_dir": str(saved_model),
-                                                    "tags": ["serve"], "exported_names": ["serving_default"],
-                                                    "version": version}, label)
-            if isinstance(result, bytes):
-                if not int8_io:
-                    return result
-                try:
-                    return _int8_io(result, options)
-                except ModelError:
-                    pass  # LCE too falls back to the GraphDef route when the I/O types cannot be set
-        # The GraphDef route (what LCE falls back to), also converted in the child.
-        job_dir = tmp / "graphdef_job"
-        job_dir.mkdir()
-        try:
-            graph_job, should_quantize = _graphdef_job(model, job_dir, options)
-        except EdgebvitError:
-            raise
-        except Exception as err:  # noqa: BLE001
-            raise ModelError(f"LCE converter failed: {_first_line(err)}") from None
-        if int8_io and not should_quantize:
-            # LCE would return float32 inputs/outputs here without a word.
-            raise ModelError("int8 input/output needs an int8-quantized model (fake-quant ops, or "
-                             "--experimental-default-int8-range MIN,MAX); this model is float, so the flatbuffer "
-                             "would keep float32 inputs and outputs: drop --input-type/--output-type int8")
-        result = _run_converter_child(job_dir, {**job, **graph_job}, label)
-        if not isinstance(result, bytes):
-            raise ModelError(f"LCE converter failed: {result}")
-        return _int8_io(result, options) if int8_io else result
-
-
-def _saved_model_version(path: Path) -> int:
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    pb = saved_model_pb2.SavedModel()
-    pb.ParseFromString((path / "saved_model.pb").read_bytes())
-    version = int(pb.saved_model_schema_version)
-    if version not in (1, 2):
-        raise ValueError(f"SavedModel file format({version}) is not supported")
-    return version
-
-
-def _graphdef_job(model, job_dir: Path, options: ExportOptions):
-    """Freeze the model's call into a GraphDef, as LCE's convert_keras_model fallback does."""
-    import tensorflow as tf
-    from larq_compute_engine.mlir.python.converter import _contains_training_quant_op, concrete_function_from_keras_model
-    from tensorflow.core.framework.types_pb2 import DataType
-    from tensorflow.lite.python.util import get_tensor_name
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    func = concrete_function_from_keras_model(model)
-    frozen = convert_variables_to_constants_v2(func, lower_control_flow=False)
-    inputs = [t for t in frozen.inputs if t.dtype != tf.dtypes.resource]
-    graph_def = frozen.graph.as_graph_def()
-    should_quantize = _contains_training_quant_op(graph_def) or options.experimental_default_int8_range is not None
-    shapes = []
-    for t in inputs:
-        shape = t.shape.as_list()
-        if None in shape[1:]:
-            raise ModelError(f"LCE converter failed: input {get_tensor_name(t)} has shape {shape}; only the batch "
-                             "dimension may be unknown")
-        if shape and shape[0] is None:
-            shape[0] = 1
-        shapes.append(shape)
-    (job_dir / "graph.pb").write_bytes(graph_def.SerializeToString())
-    return {
-        "kind": "graphdef",
-        "input_names": [get_tensor_name(t) for t in inputs],
-        "input_dtypes": [DataType.Name(t.dtype.as_datatype_enum) for t in inputs],
-        "input_shapes": shapes,
-        "output_names": [get_tensor_name(t) for t in frozen.outputs],
-        "should_quantize": bool(should_quantize),
-    }, should_quantize
-
-
-def _int8_io(flatbuffer: bytes, options: ExportOptions) -> bytes:
-    import tensorflow as tf
-    from larq_compute_engine.mlir.python.util import modify_integer_quantized_model_io_type
-
-    types = {"float32": tf.float32, "int8": tf.int8}
-    try:
-        return modify_integer_quantized_model_io_type(flatbuffer, inference_input_type=types[options.input_type],
-                                                      inference_output_type=types[options.output_type])
-    except Exception as err:  # noqa: BLE001
-        raise ModelError(f"LCE converter failed: {_first_line(err)}") from None
-
-
-def _converter_extension() -> str:
-    spec = importlib.util.find_spec("larq_compute_engine")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("larq-compute-engine is not installed: pip install larq-compute-engine==0.16.0")
-    pkg = list(spec.submodule_search_locations)[0]
-    found = [p for p in sorted(glob.glob(os.path.join(pkg, "mlir", "_tf_tfl_flatbuffer*"))) if p.endswith((".so", ".pyd"))]
-    if not found:
-        raise ModelError(f"larq-compute-engine at {pkg} has no converter extension (mlir/_tf_tfl_flatbuffer); reinstall it")
-    return found[0]
-
-
-def _run_converter_child(job_dir: Path, job: dict, label: str):
-    """Run one conversion in the child: the flatbuffer bytes, or the converter's error message."""
-    (job_dir / "job.json").write_text(json.dumps(job))
-    child = Path(__file__).with_name("lce_child.py")
-    # The converter's own logging goes to our stderr, as it did in-process; its stdout too, so
-    # that `--json` output stays parseable.
-    try:
-        stdout = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        stdout = subprocess.DEVNULL
-    # cwd: a core dump of a crashing converter lands in the temporary folder and goes with it.
-    proc = subprocess.run([sys.executable, str(child), _converter_extension(), str(job_dir)],
-                          stdin=subprocess.DEVNULL, stdout=stdout, cwd=str(job_dir))
-    if proc.returncode == 0:
-        return (job_dir / "model.tflite").read_bytes()
-    if proc.returncode < 0:
-        sig = -proc.returncode
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = "unknown signal"
-        extra = " (out of memory?)" if sig == getattr(signal, "SIGKILL", None) else ""
-        raise ModelError(f"LCE converter crashed on {label}: killed by signal {sig} ({name}){extra}; edgebvit "
-                         f"survived but wrote no flatbuffer; {CRASH_ADVICE}")
-    err_file = job_dir / "error.json"
-    if err_file.is_file():
-        err = json.loads(err_file.read_text())
-        from edgebvit.models.loading import one_line  # the same trimming as for load errors
-
-        return one_line(err.get("message", "")) or err.get("type", "error")
-    raise ModelError(f"LCE converter exited with status {proc.returncode} on {label} without a result; "
-                     f"{CRASH_ADVICE}")
 
 
 def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
@@ -515,42 +332,15 @@ def _calibration_file(options: ExportOptions, src: Source) -> Optional[Path]:
 
 def _integer_model(model, options: ExportOptions, calibration_file: Optional[Path], progress):
     """The model to convert for `options.integer`, and what the report says about it."""
-    if options.integer == "none":
-        return model, {"mode": "none"}
-    from edgebvit.converters import integer
+    from edgebvit.converters.integer import integer_model
 
-    if not getattr(model, "_is_graph_network", False):
-        if options.integer == "full":
-            raise ModelError(f"model {model.name!r} is subclassed; --integer full needs a functional model "
-                             "(or export with --integer none)")
-        return model, {"mode": "none", "requested": options.integer,
-                       "note": "subclassed model: exported as is (the integer rewrite needs a functional model)"}
-    info = integer.integer_twin(model, mode=options.integer)
-    if not info.replaced and options.integer == "attention":
-        return model, {"mode": "attention", "replaced": {}, "attention": [], "dead_attention": [],
-                       "note": "nothing to rewrite (no attention core or element-wise layer edgebvit knows)"}
-    report = {"mode": options.integer, "replaced": _count(info.replaced.values()), "attention": info.attention,
-              "dead_attention": [a["layer"] for a in info.attention if a["dead"]]}
+    calibration = None
     if options.integer == "full":
-        x = _load_calibration(calibration_file, options.calibration_images, model.input_shape)
+        x, _ = load_parity_data(calibration_file, options.calibration_images, model.input_shape)
         if progress:
             progress(f"calibrating int8 ranges on {len(x)} images from {calibration_file} ...")
-        ranges = integer.calibrate(info, x)
-        report["calibration"] = {"path": str(calibration_file), "sha256": sha256_of(calibration_file),
-                                 "images": int(len(x)), "calibrated_tensors": len(ranges)}
-    return info.model, report
-
-
-def _count(values) -> dict:
-    out: dict = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
-
-
-def _load_calibration(path: Path, n: int, input_shape) -> np.ndarray:
-    x, _ = load_parity_data(path, n, input_shape)
-    return x
+        calibration = (calibration_file, sha256_of(calibration_file), x)
+    return integer_model(model, options.integer, calibration=calibration)
 
 
 def _bisect_samples(x: np.ndarray, parity) -> np.ndarray:
@@ -582,82 +372,3 @@ def _inspection_dict(inspection, out: Path) -> dict:
     d = inspection.to_dict()
     d["path"] = str(out)
     return d
-
-
-# ---- presentation --------------------------------------------------------------------------
-
-def _integer_lines(info: dict) -> List[str]:
-    if not info or info.get("mode") in (None, "none"):
-        note = info.get("note") if info else None
-        return [f"integer: none ({note})"] if note else ["integer: none (float outside the binary convs)"]
-    parts = ", ".join(f"{n} {k}" for k, n in sorted(info.get("replaced", {}).items()))
-    lines = [f"integer: {info['mode']} ({parts or info.get('note') or 'nothing to rewrite'})"]
-    cal = info.get("calibration")
-    if cal:
-        lines.append(f"  calibrated {cal['calibrated_tensors']} tensor ranges on {cal['images']} images from {cal['path']}")
-    dead = info.get("dead_attention") or []
-    if dead:
-        lines.append(f"  warning: {len(dead)} attention core(s) have a probability scale alpha <= 0 and output only "
-                     f"zeros (BiT's binarizer cannot recover once alpha is negative): {', '.join(dead)}")
-    return lines
-
-
-def format_export_report(report: ExportReport) -> str:
-    from edgebvit.converters.inspect import format_summary
-    from edgebvit.converters.precheck import not_checked
-    from edgebvit.formatting import human_bytes
-
-    ins = report.inspection
-    lines = [f"exported {report.source} -> {report.tflite_path} ({human_bytes(ins['file_bytes'])}, "
-             f"converted in {report.convert_seconds:.1f} s)"]
-    if report.tflite_sha256:
-        lines.append(f"sha256 {report.tflite_sha256} (source {report.source_sha256[:16]}...)")
-    rw = report.rewrite
-    if rw.get("rewritten"):
-        lines.append(f"rewrite: {len(rw['rewritten'])} QuantDense -> 1x1 QuantConv2D ({', '.join(rw['rewritten'])})")
-    for s in rw.get("skipped", []):
-        lines.append(f"rewrite skipped: {s}")
-    lines.extend(_integer_lines(report.integer))
-    lines.append("")
-    why = not_checked(report.findings)
-    if why:
-        lines.append(f"precheck: not applicable ({why})")
-    else:
-        warnings = [f for f in report.findings if f["severity"] == "warning"]
-        infos = [f for f in report.findings if f["severity"] != "warning"]
-        lines.append(f"precheck: {len(warnings)} warning(s), {len(infos)} note(s)")
-        for f in report.findings:
-            lines.append(f"  {f['severity']}: {f['layer']} ({f['layer_class']}): {f['message']}")
-    lines.append("")
-    lines.append(format_summary(ins))
-    lines.append("")
-    p = report.parity
-    if p is None:
-        lines.append("parity: skipped")
-    else:
-        kind = "synthetic random inputs (no --parity-data)" if p["synthetic_inputs"] else "held-out images"
-        lines.append(f"parity on {p['samples']} {kind}: top-1 agreement {p['top1_agreement']:.2%}, "
-                     f"max |diff| {p['max_abs_diff']:.3g}, mean |diff| {p['mean_abs_diff']:.3g}")
-        if p.get("disagreements"):
-            real = p["disagreements"] - p.get("ties", 0)
-            lines.append(f"  {p['disagreements']} top-1 disagreement(s): {p.get('ties', 0)} tie(s) (Keras top-1 margin "
-                         f"<= {p.get('tie_tolerance', 0.0):.3g}, not counted), {real} counted; "
-                         f"agreement excluding ties {p.get('agreement_excluding_ties', p['top1_agreement']):.2%}")
-        if p.get("keras_top1") is not None:
-            lines.append(f"  top-1 accuracy: Keras {p['keras_top1']:.2%}, LCE {p['lce_top1']:.2%}")
-        if p.get("indirect_bgemm"):
-            lines.append("  (ran with the indirect BGEMM kernel: the model has grouped binary convs)")
-        if p.get("degenerate"):
-            lines.append(f"  relative logit error {p['relative_error']:.3g} (the gate for degenerate outputs)")
-        for w in p.get("warnings", []):
-            lines.append(f"  warning: {w}")
-        if p.get("cap"):
-            lines.append(f"  note: {p['cap']}")
-    d = report.divergence
-    if d:
-        lines.append(f"  first diverging layer: {d['layer']} ({d['layer_class']}), relative diff {d['relative_diff']:.3g}, "
-                     f"after {d['previous_layer'] or 'the input'} ({d['probes']} sub-models converted)")
-        if d.get("note"):
-            lines.append(f"  {d['note']}")
-    lines.append(f"report: {report.report_path}")
-    return "\n".join(lines)

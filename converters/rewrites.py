@@ -78,36 +78,23 @@ def _rebuild(model, rewritten: List[str], skipped: List[str]):
     import larq as lq
     import tensorflow as tf
 
-    new_inputs = [tf.keras.Input(type_spec=t.type_spec, name=t.name.split(":")[0]) for t in model.inputs]
-    tensor_dict = {}
-    usage = model._tensor_usage_count
-    for x, y in zip(model.inputs, new_inputs):
-        tensor_dict[str(id(x))] = [y] * usage[str(id(x))]
-    for depth in sorted(model._nodes_by_depth.keys(), reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.is_input or any(t not in tensor_dict for t in node.flat_input_ids):
-                continue
-            args, kwargs = node.map_arguments(tensor_dict)
-            layer = node.layer
-            outputs = None
-            if isinstance(layer, lq.layers.QuantDense) and not is_binary_dense(layer):
-                skipped.append(_skip_reason(layer))
-            elif isinstance(layer, lq.layers.QuantDense) and not kwargs and len(args) == 1:
-                rank = args[0].shape.rank
-                if rank in (2, 3, 4) and args[0].shape[-1] is not None:
-                    outputs = _apply_as_conv(layer, args[0])
-                    rewritten.append(layer.name)
-                else:
-                    skipped.append(f"{layer.name}: input rank {rank} not supported")
-            elif isinstance(layer, tf.keras.Model) and getattr(layer, "_is_graph_network", False):
-                inner = _rebuild(layer, rewritten, skipped)
-                outputs = inner(*args, **kwargs)
-            if outputs is None:
-                outputs = layer(*args, **kwargs)
-            for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
-                tensor_dict[x_id] = [y] * usage[x_id]
-    outs = [tensor_dict[str(id(x))].pop() for x in model.outputs]
-    return tf.keras.Model(new_inputs, tf.nest.pack_sequence_as(model._nested_outputs, outs), name=model.name)
+    from edgebvit.converters.graph import rebuild_graph
+
+    def visit(node, args, kwargs):
+        layer = node.layer
+        if isinstance(layer, lq.layers.QuantDense) and not is_binary_dense(layer):
+            skipped.append(_skip_reason(layer))
+        elif isinstance(layer, lq.layers.QuantDense) and not kwargs and len(args) == 1:
+            rank = args[0].shape.rank
+            if rank in (2, 3, 4) and args[0].shape[-1] is not None:
+                rewritten.append(layer.name)
+                return _apply_as_conv(layer, args[0])
+            skipped.append(f"{layer.name}: input rank {rank} not supported")
+        elif isinstance(layer, tf.keras.Model) and getattr(layer, "_is_graph_network", False):
+            return _rebuild(layer, rewritten, skipped)(*args, **kwargs)
+        return None
+
+    return rebuild_graph(model, visit)
 
 
 def _skip_reason(layer) -> str:

@@ -21,6 +21,17 @@ def run_cli(*args, cwd=None, timeout=900):
     )
 
 
+def randomize_bn(model, rng):
+    """Trained-looking BN statistics, so logits are not near-tied at init (parity is then meaningful)."""
+    import tensorflow as tf
+
+    for layer in model.submodules:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            g, b, mu, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0.0, 0.3, b.shape),
+                               rng.normal(0.0, 0.3, mu.shape), rng.uniform(0.5, 1.5, v.shape)])
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A toy 4-class .npz dataset of 16x16 grayscale images (64 train, 16 test) for training tests."""

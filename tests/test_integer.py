@@ -3,25 +3,16 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import randomize_bn, run_cli
 
 import edgebvit  # noqa: F401
 import tensorflow as tf
 
 import edgebvit.models as zoo
-from edgebvit.converters import integer
+from edgebvit.converters import int8_layers, integer
 from edgebvit.models import layers as L
 
 pytestmark = pytest.mark.slow
-
-
-def _randomize_bn(model, seed):
-    rng = np.random.default_rng(seed)
-    for layer in model.submodules:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            g, b, mu, v = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0.0, 0.3, b.shape),
-                               rng.normal(0.0, 0.3, mu.shape), rng.uniform(0.5, 1.5, v.shape)])
 
 
 def _small(name, classes, **extra):
@@ -35,7 +26,7 @@ def _small(name, classes, **extra):
                    num_heads=1, mlp_ratios=2)
     m = zoo.create_model(name, **{**cfg, **extra})
     m._name = f"{name}_{classes}"  # unique inside a combined model
-    _randomize_bn(m, classes)
+    randomize_bn(m, np.random.default_rng(classes))
     return m
 
 
@@ -45,14 +36,14 @@ def _small(name, classes, **extra):
 def test_grid_threshold_matches_bit_binarizer_on_every_int8_probability(alpha):
     p = np.arange(256) / 256.0  # every value an int8 softmax can output
     want = np.clip(np.round(p / alpha), 0, 1)  # BiT: round(P / alpha) clipped to [0, 1]
-    t = integer._grid_threshold(alpha / 2, strict=True)
+    t = int8_layers._grid_threshold(alpha / 2, strict=True)
     assert np.array_equal((p > t).astype(float), want)
 
 
 def test_grid_thresholds_match_the_qd_thermometer():
     p = np.arange(256) / 256.0
     want = np.clip(np.floor(3 * p + 0.5), 0, 3)
-    counts = sum((p > integer._grid_threshold((k - 0.5) / 3, strict=False)).astype(float) for k in (1, 2, 3))
+    counts = sum((p > int8_layers._grid_threshold((k - 0.5) / 3, strict=False)).astype(float) for k in (1, 2, 3))
     assert np.array_equal(counts, want)
 
 
@@ -61,7 +52,7 @@ def test_dead_binarizer_is_reported_and_outputs_zero():
     q = tf.sign(tf.random.normal((1, 4, 4, 8))) + 0.0
     core((q, q, q))
     core.prob_binarizer.alpha.assign(-0.01)  # what a too-large first step does: no gradient brings it back
-    levels = integer.prob_levels(core)
+    levels = int8_layers.prob_levels(core)
     assert not np.any(levels.scale)
     assert float(tf.reduce_max(tf.abs(core((q, q, q))))) == 0.0
 
@@ -99,7 +90,9 @@ def attention_export():
     tf.keras.utils.set_random_seed(1)
     models = {"binaryvit": _small("binaryvit_tiny_32", 11), "lsa": _small("binaryvit_tiny_32_spt_lsa", 12),
               "bhvit_lsq": _small("bhvit_tiny_32", 13), "bhvit_fixed": _small("bhvit_tiny_32", 14, qd_form="fixed")}
-    i16, i32 = tf.keras.Input((16, 16, 1)), tf.keras.Input((32, 32, 3))
+    # Named inputs: the flatbuffer orders inputs by name, and Keras's automatic names (input_9,
+    # input_10) would sort differently depending on how many inputs earlier tests made.
+    i16, i32 = tf.keras.Input((16, 16, 1), name="image16"), tf.keras.Input((32, 32, 3), name="image32")
     outs = [models["binaryvit"](i16), models["lsa"](i16), models["bhvit_lsq"](i32), models["bhvit_fixed"](i32)]
     combined = tf.keras.Model([i16, i32], outs)
     info = integer.integer_twin(combined, mode="attention")  # rebuilds the nested models too

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import heavy
+from conftest import heavy, randomize_bn
 
 import edgebvit  # noqa: F401
 import larq as lq
@@ -70,15 +70,6 @@ def reduced_models():
     return models
 
 
-def _randomize_bn(model, rng):
-    """Trained-looking BN statistics, so logits are not near-tied at init (parity is then meaningful)."""
-    for layer in model.submodules:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            g, b, mu, v = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0.0, 0.3, b.shape),
-                               rng.normal(0.0, 0.3, mu.shape), rng.uniform(0.5, 1.5, v.shape)])
-
-
 def test_registry_has_the_ladder_and_teachers():
     assert "binaryvit_tiny_32" in NAMES
     top1 = {n: zoo.get_model_info(n).paper_top1 for n in NAMES if zoo.get_model_info(n).paper_top1}
@@ -129,7 +120,7 @@ def exported(reduced_models):
 
     rng = np.random.default_rng(2)
     for m in reduced_models.values():
-        _randomize_bn(m, rng)
+        randomize_bn(m, rng)
     inp = tf.keras.Input(INPUT, name="image")
     combined = tf.keras.Model(inp, [m(inp) for m in reduced_models.values()], name="zoo")
     flatbuffer = convert(combined, ExportOptions())

@@ -1,0 +1,349 @@
+"""The layers of the integer graph (docs/integer.md): range observers, exact integer attention
+and the lean element-wise twins. `converters/integer.py` puts them into a model's graph.
+
+Export-only: none of them is ever saved in a run directory; each holds the trained values it
+replaces as constants, so building one never changes the model it came from.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import larq as lq
+import numpy as np
+import tensorflow as tf
+
+from edgebvit.errors import DataError, ModelError
+from edgebvit.models.layers.attention import MultiHeadAttentionCore
+from edgebvit.models.layers.qd import QDAttention, QDLsq, QDThermometer
+
+INT8_LEVELS = 127  # symmetric narrow range: -127..127, scale 1 represents integers exactly
+SOFTMAX_MAX = 255.0 / 256.0  # TFLite's int8 softmax output: scale 1/256, zero point -128
+MASK_MARGIN = 8.0  # a masked score sits this far below every real one: exp(-8) < 1/512, so 0 in int8
+
+
+# ---- observers -----------------------------------------------------------------------------
+
+class RangeObserver(tf.keras.layers.Layer):
+    """Per-tensor int8 range: records min/max while calibrating, then fake-quantizes.
+
+    `fixed` = (min, max) is a range known from the math (no calibration); `narrow_range`
+    uses -127..127 so that min = -max keeps zero and +-max exact.
+    """
+
+    def __init__(self, *, fixed: Optional[Tuple[float, float]] = None, narrow_range: bool = False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.fixed = None if fixed is None else (float(fixed[0]), float(fixed[1]))
+        self.narrow_range = bool(narrow_range)
+        self.calibrating = self.fixed is None
+        self.active = True
+
+    def build(self, input_shape):
+        lo, hi = self.fixed if self.fixed is not None else (np.inf, -np.inf)
+        self.min_var = self.add_weight(name="min", shape=(), initializer=tf.keras.initializers.Constant(lo),
+                                       trainable=False)
+        self.max_var = self.add_weight(name="max", shape=(), initializer=tf.keras.initializers.Constant(hi),
+                                       trainable=False)
+        super().build(input_shape)
+
+    def call(self, x):
+        if not self.active:
+            return x
+        if self.calibrating:
+            self.min_var.assign(tf.minimum(self.min_var, tf.reduce_min(x)))
+            self.max_var.assign(tf.maximum(self.max_var, tf.reduce_max(x)))
+            return x
+        return tf.quantization.fake_quant_with_min_max_vars(
+            x, self.min_var, self.max_var, num_bits=8, narrow_range=self.narrow_range)
+
+    def finish_calibration(self) -> Tuple[float, float]:
+        """Freeze the range (min <= 0 <= max, non-empty) and switch to fake-quantizing."""
+        lo, hi = float(self.min_var.numpy()), float(self.max_var.numpy())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise DataError(f"{self.name}: no calibration data reached this tensor")
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        if hi - lo < 1e-6:
+            hi = lo + 1e-6
+        self.min_var.assign(lo)
+        self.max_var.assign(hi)
+        self.calibrating = False
+        return lo, hi
+
+    def get_config(self):
+        return {**super().get_config(), "fixed": self.fixed, "narrow_range": self.narrow_range}
+
+
+
+def observers(model) -> list:
+    """The observers of a model that were called (a twin's unused branch has no range and no op)."""
+    return [l for l in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(l, RangeObserver) and l.built]
+
+
+def exact_symmetric(bound: float) -> Tuple[float, float]:
+    """The int8 range for values in [-bound, bound]: -127..127 (scale 1, every integer exact)
+    when bound <= 127, else [-bound, bound] (scale bound / 127). Use with narrow_range."""
+    b = max(float(INT8_LEVELS), float(bound))
+    return (-b, b)
+
+
+# ---- twins -----------------------------------------------------------------------------------
+
+class _Twin(tf.keras.layers.Layer):
+    """A layer of the integer graph: `quantize` decides whether its observers exist."""
+
+    def __init__(self, *, quantize: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.quantize = quantize
+
+    def _obs(self, tag, fixed=None, narrow=False) -> Optional["RangeObserver"]:
+        return RangeObserver(fixed=fixed, narrow_range=narrow, name=f"{self.name}_{tag}") if self.quantize else None
+
+    @staticmethod
+    def _o(observer, x):
+        return observer(x) if observer is not None else x
+
+
+class PReLUTwin(_Twin):
+    """RPReLU ``PReLU(x - gamma) + zeta`` as SUB, PRELU, ADD (TFLite fuses Keras's PReLU form)."""
+
+    def __init__(self, *, source, **kwargs):
+        super().__init__(**kwargs)
+        self.shift_in = source.shift_in.numpy()
+        self.slope = source.slope.numpy()
+        self.shift_out = source.shift_out.numpy()
+
+    def build(self, input_shape):
+        self.o_in, self.o_act, self.o_out = self._obs("in"), self._obs("act"), self._obs("out")
+        super().build(input_shape)
+
+    def call(self, x):
+        h = self._o(self.o_in, x - self.shift_in)
+        # The form TFLite fuses into one PRELU: alpha shaped like one sample, batch axis dropped.
+        neg_slope = (-self.slope).reshape((1,) * (x.shape.rank - 2) + (-1,))
+        h = tf.nn.relu(h) + tf.nn.relu(-h) * neg_slope
+        h = self._o(self.o_act, h)
+        return self._o(self.o_out, h + self.shift_out)
+
+class AffineTwin(_Twin):
+    """A per-channel affine ``x * a + m`` (LayerScale, a BatchNorm no conv absorbs).
+
+    In float on a 4-D grid it is one DEPTHWISE_CONV_2D 1x1 with bias; in int8, MUL then ADD
+    with per-tensor constants (an int8 depthwise conv would carry per-channel scales and
+    zero points, 24 bytes a channel, more than the vectors themselves).
+    """
+
+    def __init__(self, *, scale, shift, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = np.asarray(scale, dtype=np.float32)
+        self.shift = np.asarray(shift, dtype=np.float32)
+
+    def build(self, input_shape):
+        self.o_mul, self.o_add = self._obs("mul"), self._obs("add")
+        super().build(input_shape)
+
+    def call(self, x):
+        if x.shape.rank == 4 and not self.quantize:
+            w = self.scale.reshape(1, 1, -1, 1)
+            h = tf.nn.bias_add(tf.nn.depthwise_conv2d(x, w, strides=(1, 1, 1, 1), padding="VALID"), self.shift)
+            return self._o(self.o_add, h)
+        return self._o(self.o_add, self._o(self.o_mul, x * self.scale) + self.shift)
+
+class AddTwin(_Twin):
+    """An Add of n tensors as n - 1 binary ADDs, each observed (TFLite ADD takes two inputs)."""
+
+    def build(self, input_shape):
+        self.obs = [self._obs(f"add{i}") for i in range(len(input_shape) - 1)]
+        super().build(input_shape)
+
+    def call(self, xs):
+        h = xs[0]
+        for o, x in zip(self.obs, xs[1:]):
+            h = self._o(o, h + x)
+        return h
+
+class SignTwin(_Twin):
+    """BinarySign ``sign(x + b)``: the ADD observed, the +-1 output exact in int8."""
+
+    def __init__(self, *, source, **kwargs):
+        super().__init__(**kwargs)
+        self.bias = source.bias.numpy()
+
+    def build(self, input_shape):
+        self.sign = lq.quantizers.ApproxSign()
+        self.o_add = self._obs("add")
+        # Always observed, even outside mode "full": the attention twin it feeds is int8.
+        self.o_sign = RangeObserver(fixed=(-1.0, 1.0), narrow_range=True, name=f"{self.name}_sign")
+        super().build(input_shape)
+
+    def call(self, x):
+        return self.o_sign(self.sign(self._o(self.o_add, x + self.bias)))
+
+
+# ---- the attention twin --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProbLevels:
+    """A step-function probability quantizer: ``P_q = scale_h * sum_k [P > t_hk]`` (k = 1..m).
+
+    thresholds: (heads, m) in probability units; scale: (heads,). BiT's binarizer is m = 1,
+    t = alpha / 2, scale alpha; BHViT's QD has m = 3 levels. None: a float softmax (no quantizer).
+    """
+
+    thresholds: np.ndarray
+    scale: np.ndarray
+    strict: bool = True  # P > t (round half to even) or P >= t (round half up)
+
+    @property
+    def levels(self) -> int:
+        return int(self.thresholds.shape[1])
+
+
+def prob_levels(core) -> Optional[ProbLevels]:
+    """The step function of an attention core's probability quantizer, read from its weights."""
+    if isinstance(core, MultiHeadAttentionCore):
+        if core.prob_quant == "none":
+            return None
+        alpha = float(core.prob_binarizer.alpha.numpy())
+        h = core.num_heads
+        if alpha <= 0:  # round(P / alpha) clipped to [0, 1] is 0 for every P >= 0: the output is 0
+            return ProbLevels(thresholds=np.full((h, 1), np.inf), scale=np.zeros(h))
+        return ProbLevels(thresholds=np.full((h, 1), alpha / 2.0), scale=np.full(h, alpha))
+    if isinstance(core, QDAttention):
+        q = core.quantizer
+        s = core.levels
+        h = core.num_heads
+        if isinstance(q, QDThermometer):
+            # floor(s P + 1/2) clipped to [0, s] = sum_k [P >= (k - 1/2) / s]
+            t = np.array([(k - 0.5) / s for k in range(1, s + 1)])
+            return ProbLevels(thresholds=np.tile(t, (h, 1)), scale=np.ones(h), strict=False)
+        if isinstance(q, QDLsq):
+            a = q.alpha.numpy().astype(np.float64)
+            z = q.zero_point.numpy().astype(np.float64)
+            # alpha * clip(round(s P / alpha + z), 0, s) = alpha * sum_k [s P / alpha + z > k - 1/2]
+            t = np.zeros((h, s))
+            for hh in range(h):
+                for k in range(1, s + 1):
+                    t[hh, k - 1] = (a[hh] * (k - 0.5 - z[hh]) / s) if a[hh] > 0 else np.inf
+            t = np.where(np.isfinite(t), t, np.inf)
+            return ProbLevels(thresholds=t, scale=np.where(a > 0, a, 0.0))
+    raise ModelError(f"{core.name}: no integer form for {type(core).__name__}")
+
+
+def _grid_threshold(t: float, strict: bool) -> float:
+    """A threshold halfway between two int8 softmax levels (j / 256) giving the same decision
+    as ``P > t`` (or ``P >= t``) for every representable P."""
+    if not np.isfinite(t) or t >= 1.0:
+        return 2.0  # never reached: P <= 255/256
+    if t < 0:
+        return -1.0
+    j = math.floor(t * 256) + 1 if strict else math.ceil(t * 256)  # smallest level index that passes
+    return (j - 0.5) / 256.0
+
+
+class IntegerAttention(_Twin):
+    """Attention over +-1 Q, K, V with both matmuls in int8 and exact matmul inputs.
+
+    ``S = Q K^T`` are integers in [-d, d] (scale 1 when d <= 127); the scaled scores and
+    the softmax are int8; the probability quantizer becomes integer counts ``K_c`` from
+    comparisons with thresholds placed between softmax levels, and ``ctx = scale_h * (K_c V)``
+    with ``K_c V`` integers in [-m N, m N]. `source` is the original core (its config and
+    weights); `layout` is ``"grid"`` (B, H, W, C) or ``"rows"`` (B, R, T, C).
+    """
+
+    def __init__(self, *, num_heads: int, head_dim: int, score_scale, levels: Optional[ProbLevels],
+                 mask_diagonal: bool, layout: str, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.score_scale = np.asarray(score_scale, dtype=np.float32).reshape(-1)  # () or (heads,)
+        self.levels = levels
+        self.mask_diagonal = mask_diagonal
+        self.layout = layout
+
+    def build(self, input_shape):
+        k_shape = input_shape[1]
+        nk = int(k_shape[1] * k_shape[2]) if self.layout == "grid" else int(k_shape[2])
+        d = self.head_dim
+        sc = float(np.max(np.abs(self.score_scale)))
+        obs = self._obs
+        self.obs_scores = obs("scores", exact_symmetric(d), True)
+        low = -d * sc - (d * sc + MASK_MARGIN if self.mask_diagonal else 0.0)
+        self.obs_scaled = obs("scaled", (low, d * sc))
+        self.obs_probs = obs("probs", (0.0, SOFTMAX_MAX))
+        m = self.levels.levels if self.levels is not None else 1
+        self.obs_counts = obs("counts", (0.0, float(m)))
+        bound = m * nk if self.levels is not None else nk
+        self.obs_context = obs("context", exact_symmetric(bound), True)
+        if self.levels is not None:
+            amax = float(np.max(np.abs(self.levels.scale))) or 1.0
+            self.obs_output = obs("output", (-amax * bound, amax * bound), True)
+            if self.quantize:  # between softmax levels: the same decision for every int8 P
+                thr = [[_grid_threshold(t, self.levels.strict) for t in row] for row in self.levels.thresholds]
+            else:
+                thr = np.minimum(self.levels.thresholds, 2.0)
+            self.thresholds = np.asarray(thr, dtype=np.float32)  # (heads, m)
+            self.strict = self.levels.strict or self.quantize
+        super().build(input_shape)
+
+    def _heads(self, x):
+        # (B, ..., C) -> (B * heads, T, d). LCE converts at batch 1 and still unrolls the matmul
+        # into one FULLY_CONNECTED per head (measured: the same operator count as 4-D heads).
+        t = x.shape[1] * x.shape[2] if self.layout == "grid" else x.shape[2]
+        x = tf.reshape(x, (-1, t, self.num_heads, self.head_dim))
+        x = tf.transpose(x, (0, 2, 1, 3))
+        return tf.reshape(x, (-1, t, self.head_dim))
+
+    def call(self, inputs):
+        q, k, v = inputs
+        qh, kh, vh = self._heads(q), self._heads(k), self._heads(v)
+        h = self.num_heads
+        s = self._o(self.obs_scores, tf.matmul(qh, kh, transpose_b=True))
+        s = tf.reshape(s, (-1, h, s.shape[1], s.shape[2]))
+        scale = self.score_scale.reshape(1, -1, 1, 1) if self.score_scale.size > 1 else float(self.score_scale[0])
+        s = s * scale
+        if self.mask_diagonal and s.shape[-1] == s.shape[-2]:
+            n = s.shape[-1]
+            d_sc = self.head_dim * float(np.max(np.abs(self.score_scale)))
+            s = s - tf.eye(n, dtype=s.dtype) * (2 * d_sc + MASK_MARGIN)
+        s = self._o(self.obs_scaled, s)
+        p = self._o(self.obs_probs, tf.nn.softmax(s, axis=-1))
+        flat = lambda a: tf.reshape(a, (-1, a.shape[2], a.shape[3]))  # noqa: E731
+        if self.levels is None:
+            ctx = self._o(self.obs_context, tf.matmul(flat(p), vh))
+        else:
+            counts = None
+            for kk in range(self.levels.levels):
+                t = self.thresholds[:, kk].reshape(1, -1, 1, 1)
+                cond = p > t if self.strict else p >= t
+                one, zero = tf.constant(1.0), tf.constant(0.0)
+                if self.quantize:  # int8 constants: SELECT_V2 then runs in int8
+                    one = tf.quantization.fake_quant_with_min_max_args(one, 0.0, 1.0)
+                    zero = tf.quantization.fake_quant_with_min_max_args(zero, 0.0, 1.0)
+                hit = tf.where(cond, one, zero)
+                counts = hit if counts is None else counts + hit
+            counts = self._o(self.obs_counts, counts)
+            ctx = self._o(self.obs_context, tf.matmul(flat(counts), vh))
+        ctx = tf.reshape(ctx, (-1, h, ctx.shape[1], ctx.shape[2]))  # (B, heads, T, d)
+        if self.levels is not None:
+            a = self.levels.scale.astype(np.float32).reshape(1, -1, 1, 1)
+            ctx = self._o(self.obs_output, ctx * a)
+        ctx = tf.transpose(ctx, (0, 2, 1, 3))
+        return tf.reshape(ctx, (-1, *q.shape[1:]))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+
+def integer_attention(core, *, quantize: bool, name: str):
+    """The `IntegerAttention` twin of a MultiHeadAttentionCore or QDAttention."""
+    if isinstance(core, MultiHeadAttentionCore):
+        scale = core.temperature.numpy() if core.lsa else 1.0 / math.sqrt(core.head_dim)
+        return IntegerAttention(num_heads=core.num_heads, head_dim=core.head_dim, score_scale=scale,
+                          levels=prob_levels(core), mask_diagonal=core.lsa, layout="grid", quantize=quantize,
+                          name=name)
+    return IntegerAttention(num_heads=core.num_heads, head_dim=core.head_dim, score_scale=1.0 / math.sqrt(core.head_dim),
+                      levels=prob_levels(core), mask_diagonal=False, layout="rows", quantize=quantize, name=name)
