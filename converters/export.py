@@ -91,6 +91,7 @@ class ExportReport:
     rewrite: dict = field(default_factory=dict)
     integer: dict = field(default_factory=dict)
     inspection: dict = field(default_factory=dict)
+    latency_estimates: List[dict] = field(default_factory=list)  # estimated, never measured (docs/latency.md)
     parity: Optional[dict] = None
     divergence: Optional[dict] = None
     status: str = "ok"  # ok | parity_failed | parity_skipped
@@ -278,6 +279,7 @@ def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
         rewrite=rewrite_info,
         integer=integer_info,
         inspection=_inspection_dict(inspection, out),
+        latency_estimates=_latency_estimates(inspection),
         convert_seconds=convert_seconds,
     )
     failure = None
@@ -366,6 +368,13 @@ def _publish(out: Path, report_path: Path, flatbuffer: bytes, report: dict) -> N
         pass
     atomic_write_bytes(out, flatbuffer)
     atomic_write_json(report_path, report)
+
+
+def _latency_estimates(inspection) -> List[dict]:
+    """Estimated 1-thread latency on every shipped device profile (edgebvit.bench.latency)."""
+    from edgebvit.bench.latency import estimate, load_profiles
+
+    return [estimate(inspection, p).to_dict() for p in load_profiles().values() if p.threads == 1]
 
 
 def _inspection_dict(inspection, out: Path) -> dict:

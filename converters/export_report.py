@@ -22,6 +22,19 @@ def _integer_lines(info: dict) -> List[str]:
     return lines
 
 
+def _latency_lines(estimates: List[dict]) -> List[str]:
+    out = []
+    for e in estimates:
+        parts = e["parts_ms"]
+        out.append(f"estimated latency, {e['device']}, {e['threads']} thread: {e['total_ms']:.1f} ms "
+                   f"(range {e['range_ms'][0]:.1f}-{e['range_ms'][1]:.1f}; binary {parts['binary']:.1f}, attention "
+                   f"{parts['attention']:.1f}, other {parts['other']:.1f}; leave-one-out error median "
+                   f"{e['loo_median_error']:.0%}, max {e['loo_max_error']:.0%})")
+    if out:
+        out.append("  estimates from published Larq Zoo latencies, not measurements (edgebvit bench measures)")
+    return out
+
+
 def format_export_report(report: ExportReport) -> str:
     from edgebvit.converters.inspect import format_summary
     from edgebvit.converters.precheck import not_checked
@@ -50,6 +63,7 @@ def format_export_report(report: ExportReport) -> str:
             lines.append(f"  {f['severity']}: {f['layer']} ({f['layer_class']}): {f['message']}")
     lines.append("")
     lines.append(format_summary(ins))
+    lines.extend(_latency_lines(report.latency_estimates))
     lines.append("")
     p = report.parity
     if p is None:

@@ -68,6 +68,10 @@ def test_end_to_end_run_dir_with_and_without_rewrite(tmp_path):
     assert rep["inspection"]["op_counts"]["FULLY_CONNECTED"] == 1  # the head only
     assert rep["parity"]["top1_agreement"] >= 0.99 and rep["parity"]["samples"] == 60
     assert rep["parity"]["keras_top1"] is not None and rep["parity"]["synthetic_inputs"] is False
+    # 1-thread latency estimates for every shipped device profile, labelled as estimates.
+    assert [e["profile"] for e in rep["latency_estimates"]] == ["pi4b-1t", "pixel1-1t"]
+    assert all(e["estimated"] and e["total_ms"] > 0 for e in rep["latency_estimates"])
+    assert "estimated latency, Raspberry Pi 4B" in res.output and "not measurements" in res.output
     assert not [f for f in rep["findings"] if f["severity"] == "warning"]
 
     # --no-rewrite: the QuantDense stays a float FULLY_CONNECTED, and precheck says so.

@@ -95,6 +95,10 @@ def main() -> None:
         lat = rec["latency"]
         print(f"host latency        {rec['threads']} thread(s): median {lat['median_ms']:.2f} ms, "
               f"p90 {lat['p90_ms']:.2f} ms  [{rec['kernel_notes'][0]}]")
+    for label, rep in (("--integer none", export), ("--integer attention", int8_export)):
+        for est in rep.get("latency_estimates", []):
+            print(f"ARM64 (estimated)   {label}, {est['device']}, 1 thread: {est['total_ms']:.1f} ms "
+                  f"(range {est['range_ms'][0]:.1f}-{est['range_ms'][1]:.1f}; not measured, docs/latency.md)")
     print(f"export + bench      {t_export:.0f} s + {t_bench:.0f} s")
     print("\nwhere everything is:")
     for label, path in [

@@ -88,6 +88,12 @@ def command(files, device, runner, threads, xnnpack, indirect_bgemm, runs, warmu
         check_outputs([Output(chart_path, "--chart", "the comparison chart (PNG)", (".png",))],
                       inputs=[("a results file being compared", f) for f in files])
         click.echo(format_table(records))
+        from edgebvit.bench.latency import compare_lines
+
+        estimated = compare_lines(records)
+        if estimated:
+            click.echo("")
+            click.echo("\n".join(estimated))
         write_chart(records, chart_path)
         click.echo(f"chart: {chart_path}")
         return
