@@ -279,28 +279,49 @@ def test_inspect_cli_prints_the_estimate_and_refuses_unknown_profiles(tmp_path):
     assert missing.returncode == 2 and missing.stderr.startswith("error: latency profiles not found:")
 
 
-def test_compare_puts_the_estimate_beside_a_device_measurement(tmp_path):
+def _device_record(path: Path, data: bytes, cpu: str, threads: int, sha: str = "", median_ms: float = 1.0):
+    import hashlib
+
     from edgebvit.bench.records import BenchRecord, DeviceFacts, LatencyStats
 
-    import hashlib
+    return BenchRecord(model_path=str(path), model_sha256=sha or hashlib.sha256(data).hexdigest(),
+                       model_bytes=len(data), device="ssh://pi@board", runner="lce_benchmark_model",
+                       threads=threads, xnnpack=True, indirect_bgemm=False, warmup=1, runs=10,
+                       latency=LatencyStats(count=10, mean_ms=median_ms, median_ms=median_ms),
+                       facts=DeviceFacts(architecture="aarch64", cpu_model=cpu, os="Linux", os_bits=64),
+                       tool="lce_benchmark_model", tool_version="0.16.0", edgebvit_version="test",
+                       timestamp="2026-12-02T00:00:00Z")
+
+
+def test_compare_puts_the_estimate_beside_a_device_measurement(tmp_path):
+    f = tmp_path / "hand.tflite"
+    data = _hand_built()
+    f.write_bytes(data)
+    pi = "Raspberry Pi 4 Model B Rev 1.4"
+    lines = L.compare_lines([_device_record(f, data, pi, 1),
+                             _device_record(f, data, pi, 2),  # no 2-thread profile: no line
+                             _device_record(f, data, "Intel Xeon", 1),  # no profile describes it
+                             _device_record(f, data, pi, 4, sha="0" * 64)])
+    assert len(lines) == 3
+    assert "measured 1.00 ms, estimated" in lines[1] and "[pi4b-1t" in lines[1]
+    assert "changed since it was measured" in lines[2]
+
+
+def test_a_users_device_record_joins_the_calibration_set(tmp_path):
+    from edgebvit.bench.records import append_records
 
     f = tmp_path / "hand.tflite"
     data = _hand_built()
     f.write_bytes(data)
-
-    def record(cpu, threads, sha):
-        return BenchRecord(model_path=str(f), model_sha256=sha, model_bytes=len(data), device="ssh://pi@board",
-                           runner="lce_benchmark_model", threads=threads, xnnpack=True, indirect_bgemm=False,
-                           warmup=1, runs=10, latency=LatencyStats(count=10, mean_ms=1.0, median_ms=1.0),
-                           facts=DeviceFacts(architecture="aarch64", cpu_model=cpu, os="Linux", os_bits=64),
-                           tool="lce_benchmark_model", tool_version="0.16.0", edgebvit_version="test",
-                           timestamp="2026-12-02T00:00:00Z")
-
-    sha = hashlib.sha256(data).hexdigest()
-    lines = L.compare_lines([record("Raspberry Pi 4 Model B Rev 1.4", 1, sha),
-                             record("Raspberry Pi 4 Model B Rev 1.4", 2, sha),  # no 2-thread profile
-                             record("Intel Xeon", 1, sha),  # no profile describes it
-                             record("Raspberry Pi 4 Model B Rev 1.4", 4, "0" * 64)])
-    assert len(lines) == 3
-    assert "measured 1.00 ms, estimated" in lines[1] and "[pi4b-1t" in lines[1]
-    assert "changed since it was measured" in lines[2]
+    results = tmp_path / "bench_results.jsonl"
+    append_records(results, [_device_record(f, data, "Raspberry Pi 4 Model B Rev 1.4", 1, median_ms=0.8)])
+    out = tmp_path / "mine.json"
+    proc = subprocess.run([sys.executable, str(TOOLS / "fit_latency.py"), "fit", "--out", str(out),
+                           "--add-measured", f"pi4b-1t:{results}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mine = json.loads(out.read_text())["profiles"]["pi4b-1t"]
+    assert mine["calibration_models"] == 16
+    assert mine["calibration"][-1]["model"].startswith("hand.tflite (measured, ssh://pi@board, 1 thr)")
+    assert mine["calibration"][-1]["published_ms"] == 0.8
+    # The user's file is a profiles file like the shipped one.
+    assert L.resolve_profile("pi4b", L.load_profiles(out)).calibration_models == 16

@@ -29,6 +29,7 @@ TensorFlow-free, like the rest of `edgebvit.bench`: it reads flatbuffers through
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -39,7 +40,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 from edgebvit.bench.records import classify_op
 from edgebvit.errors import EdgebvitError
-from edgebvit.flatbuffer import BINARY, INT8, LCE_OPS, FlatbufferReport, read_flatbuffer
+from edgebvit.flatbuffer import BINARY, INT8, LCE_OPS, FlatbufferReport, parse, read_flatbuffer
 
 TERMS = ("binary_gmacs", "int8_gmacs", "float_gmacs", "other_mb", "weight_mb", "ops")
 TERM_UNITS = {"binary_gmacs": "ms per G binary MACs", "int8_gmacs": "ms per G int8 MACs",
@@ -408,8 +409,6 @@ def compare_lines(records, profiles: Optional[Mapping[str, Profile]] = None) -> 
     The estimate needs the flatbuffer the record measured: it is read from the record's path and
     used only if its sha256 still matches. Host records are skipped (no profile describes x86).
     """
-    import hashlib
-
     profiles = load_profiles() if profiles is None else profiles
     lines = []
     for r in records:
@@ -426,8 +425,6 @@ def compare_lines(records, profiles: Optional[Mapping[str, Profile]] = None) -> 
         if hashlib.sha256(data).hexdigest() != r.model_sha256:
             lines.append(f"  {path.name} @ {r.device}, {r.threads} thr: no estimate ({path} changed since it was measured)")
             continue
-        from edgebvit.flatbuffer import parse
-
         est = estimate(parse(data, str(path)), profiles[name])
         measured = r.latency.median_ms if r.latency.median_ms is not None else r.latency.mean_ms
         lines.append(f"  {path.name} @ {r.device}, {r.threads} thr: measured {measured:.2f} ms, estimated "
