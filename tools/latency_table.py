@@ -72,21 +72,26 @@ def estimate_variant(name: str, paths: dict, profiles: dict) -> dict:
 
 def to_markdown(rows, profiles) -> str:
     p1 = profiles["pi4b-1t"]
-    head = ("| variant | ops none / int | Pi 4B 1 thr, none | Pi 4B 1 thr, integer | of which attention "
-            "(none -> int) | Pi 4B 4 thr, integer | Pixel 1 1 thr, integer |\n|---|---|---|---|---|---|---|\n")
+    head = ("| variant | size none / integer | ops none / integer | Pi 4B 1 thr: none | integer "
+            "| of which attention (none -> integer) | extrapolated share | Pi 4B 4 thr: integer "
+            "| Pixel 1 1 thr: integer |\n|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         n, i = r["none"], r["attention"]
         en, ei = n["estimates"], i["estimates"]
         lines.append(
-            f"| `{r['model']}` | {n['ops']} / {i['ops']} | {en['pi4b-1t']['total_ms']:.1f} ms "
+            f"| `{r['model']}` | {n['file_bytes'] / 1024:.0f} / {i['file_bytes'] / 1024:.0f} KiB "
+            f"| {n['ops']} / {i['ops']} | {en['pi4b-1t']['total_ms']:.1f} ms "
             f"| {ei['pi4b-1t']['total_ms']:.1f} ms | {en['pi4b-1t']['parts_ms']['attention']:.1f} -> "
-            f"{ei['pi4b-1t']['parts_ms']['attention']:.1f} ms | {ei['pi4b-4t']['total_ms']:.1f} ms "
-            f"| {ei['pixel1-1t']['total_ms']:.1f} ms |")
-    foot = (f"\nEstimated, not measured: each figure carries its profile's leave-one-out error on published "
+            f"{ei['pi4b-1t']['parts_ms']['attention']:.1f} ms "
+            f"| {ei['pi4b-1t']['unseen_ms'] / ei['pi4b-1t']['total_ms']:.0%} "
+            f"| {ei['pi4b-4t']['total_ms']:.1f} ms | {ei['pixel1-1t']['total_ms']:.1f} ms |")
+    foot = (f"\nEstimated, not measured. Each figure carries its profile's leave-one-out error on published "
             f"Larq Zoo latencies (Pi 4B 1 thread: median {p1.loo_median_error:.0%}, max {p1.loo_max_error:.0%}; "
             f"4 threads: max {profiles['pi4b-4t'].loo_max_error:.0%}; Pixel 1: max "
-            f"{profiles['pixel1-1t'].loo_max_error:.0%}). 'none' = `--integer none`, 'integer' = `--integer attention`.\n")
+            f"{profiles['pixel1-1t'].loo_max_error:.0%}). 'none' is `--integer none`; 'integer' is "
+            "`--integer attention`. The extrapolated share is the part of the integer export's Pi 4B time "
+            "in operator types that no calibration model has.\n")
     return head + "\n".join(lines) + "\n" + foot
 
 

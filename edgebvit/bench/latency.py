@@ -251,8 +251,10 @@ def estimate(source: Union[FlatbufferReport, str, Path, bytes], profile: Profile
 
 
 def band_text(profile: Profile) -> str:
-    return (f"leave-one-out error on {profile.calibration_models} published models: "
-            f"median {profile.loo_median_error:.0%}, max {profile.loo_max_error:.0%}")
+    where = (f"(the larger of its own, on {profile.calibration_models} published latencies, and its 1-thread "
+             "profile's)" if profile.derived_from else f"on {profile.calibration_models} published models")
+    return (f"leave-one-out error {where}: median {profile.loo_median_error:.0%}, "
+            f"max {profile.loo_max_error:.0%}")
 
 
 def format_estimate(est: Estimate) -> str:
