@@ -45,7 +45,7 @@ INTEGER_TENSOR_TYPES = ("INT8", "UINT8", "INT16")
 _PADDING = {0: "SAME", 1: "VALID"}
 _BLOCK_NAME = re.compile(r"(?:^|/)(block\d+|s\d+b\d+)_")
 _ACTIVATION = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
-_ITEMSIZE = {"FLOAT32": 4, "INT32": 4, "INT64": 8, "FLOAT16": 2, "INT16": 2, "INT8": 1, "UINT8": 1, "BOOL": 1}
+ITEMSIZE = {"FLOAT32": 4, "INT32": 4, "INT64": 8, "FLOAT16": 2, "INT16": 2, "INT8": 1, "UINT8": 1, "BOOL": 1}
 
 
 def precision_of(op_type: str, input_dtype: Optional[str]) -> str:
@@ -443,7 +443,7 @@ def _macs(op_type: str, ins: Sequence[TensorInfo], outs: Sequence[TensorInfo], o
 
 def _float32_bytes(op_type: str, t: TensorInfo, opts: Dict[str, object], groups: int) -> int:
     """Bytes of this constant if it were an unpacked float32 tensor."""
-    n = math.prod(t.shape) if t.shape else max(1, t.nbytes // max(1, _ITEMSIZE.get(t.dtype, 4)))
+    n = math.prod(t.shape) if t.shape else max(1, t.nbytes // max(1, ITEMSIZE.get(t.dtype, 4)))
     if op_type == "LceBconv2d" and t.dtype == "INT32" and len(t.shape) == 4:
         cin = int(opts.get("channels_in", 0) or 0)
         o, kh, kw, _ = t.shape

@@ -40,7 +40,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 from edgebvit.bench.records import classify_op
 from edgebvit.errors import EdgebvitError
-from edgebvit.flatbuffer import BINARY, INT8, LCE_OPS, FlatbufferReport, parse, read_flatbuffer
+from edgebvit.flatbuffer import BINARY, INT8, ITEMSIZE, LCE_OPS, FlatbufferReport, parse, read_flatbuffer
 
 TERMS = ("binary_gmacs", "int8_gmacs", "float_gmacs", "other_mb", "weight_mb", "ops")
 TERM_UNITS = {"binary_gmacs": "ms per G binary MACs", "int8_gmacs": "ms per G int8 MACs",
@@ -58,7 +58,6 @@ FIT_TERMS = ("binary_gmacs", "int8_gmacs", "float_gmacs", "other_mb", "ops")
 PARTS = ("binary", "attention", "other")  # how an estimate is split (the bench records' op classes)
 PROFILES_FILE = "latency_profiles.json"
 PROFILES_FORMAT = "edgebvit.latency-profiles/1"
-_ITEMSIZE = {"FLOAT32": 4, "INT32": 4, "INT64": 8, "FLOAT16": 2, "INT16": 2, "INT8": 1, "UINT8": 1, "BOOL": 1}
 
 
 class LatencyProfileError(EdgebvitError):
@@ -117,7 +116,7 @@ def op_rows(report: FlatbufferReport) -> List[OpRow]:
             spatial = math.prod(op.outputs[0].shape[:-1])
             padded = spatial * _round_up(o, 8) * kh * kw * _round_up(max(cin, 1), 32) * max(1, op.groups)
             padded = max(padded, op.macs)
-        out_bytes = sum(math.prod(t.shape) * _ITEMSIZE.get(t.dtype, 4) for t in op.outputs if t.shape)
+        out_bytes = sum(math.prod(t.shape) * ITEMSIZE.get(t.dtype, 4) for t in op.outputs if t.shape)
         part = "attention" if op.attention else classify_op(op.op_type, op.name)
         if part == "delegate":
             part = "other"
