@@ -25,7 +25,7 @@ from edgebvit.bench.parser import BenchmarkOutputError, parse_benchmark_output
 from edgebvit.bench.records import (HOST_X86_NOTE, BenchRecord, DeviceFacts, LatencyStats, split_ops)
 from edgebvit.bench.transport import AdbTransport, Transport, make_transport, wrap_run
 from edgebvit.errors import DeviceError, EdgebvitError, FlatbufferError
-from edgebvit.flatbuffer import _ITEMSIZE  # the reader's bytes per element, one table for both
+from edgebvit.flatbuffer import ITEMSIZE  # the reader's bytes per element, one table for both
 from edgebvit.flatbuffer import FlatbufferReport, read_model_file
 
 BINARY_NAME = "lce_benchmark_model"
@@ -417,7 +417,7 @@ def check_inputs(model_path: Path, summary: FlatbufferReport) -> None:
         if any(d < 0 for d in shape):
             raise FlatbufferError(f"{model_path}: input {i} has a negative dimension {list(shape)}: a corrupt "
                                   "flatbuffer? re-export it")
-        nbytes = _ITEMSIZE.get(dtype, 4)
+        nbytes = ITEMSIZE.get(dtype, 4)
         for d in shape:
             nbytes *= d
         if nbytes > MAX_INPUT_BYTES:
