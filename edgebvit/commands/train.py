@@ -72,6 +72,8 @@ _RECIPE_HELP = (
 @click.option("--seed", type=int, default=None)
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multi_worker"]), default=None,
               help="tf.distribute: mirrored = all local GPUs (else logical CPUs); multi_worker = the machines in TF_CONFIG.")
+@click.option("--kernels", type=click.Choice(["fused", "reference"]), default=None,
+              help="Training kernels: fused (XLA-fused element-wise layers, the default) or reference (plain TF graphs); same math.")
 @click.option("--steps-per-epoch", type=int, default=None, help="Cap steps per epoch (smoke runs).")
 @click.option("--max-train-samples", type=int, default=None)
 @click.option("--max-test-samples", type=int, default=None)
@@ -85,7 +87,7 @@ _RECIPE_HELP = (
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit (with --resume: the saved one).")
 @click.pass_context
 def command(ctx: click.Context, overrides, model_name, data, data_dir, config_file, recipe, teacher, epochs, batch_size, learning_rate,
-            optimizer, warmup_epochs, weight_decay, label_smoothing, val_fraction, seed, strategy, steps_per_epoch,
+            optimizer, warmup_epochs, weight_decay, label_smoothing, val_fraction, seed, strategy, kernels, steps_per_epoch,
             max_train_samples, max_test_samples, model_overrides, out, resume_dir, dry_run) -> None:
     """Train a model; writes config, checkpoints, metrics (CSV/JSON), TensorBoard logs and the model.
 
@@ -124,7 +126,7 @@ def command(ctx: click.Context, overrides, model_name, data, data_dir, config_fi
             "optim.learning_rate": learning_rate, "optim.optimizer": optimizer,
             "optim.warmup_epochs": warmup_epochs, "optim.weight_decay": weight_decay,
             "augment.label_smoothing": label_smoothing, "val_fraction": val_fraction, "seed": seed,
-            "strategy": strategy, "steps_per_epoch": steps_per_epoch, "max_train_samples": max_train_samples,
+            "strategy": strategy, "kernels": kernels, "steps_per_epoch": steps_per_epoch, "max_train_samples": max_train_samples,
             "max_test_samples": max_test_samples, "distill.teacher": teacher,
         }
         cfg = resolve_run_config(recipe=recipe, config_file=config_file, options=options, overrides=overrides,

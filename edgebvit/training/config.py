@@ -27,6 +27,7 @@ SCHEDULES = ("cosine", "constant")
 DISTILL_MODES = ("none", "soft", "hard")
 REGULARIZER_MIXES = ("paper", "scale")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+KERNELS = ("fused", "reference")
 
 
 @dataclass
@@ -100,6 +101,9 @@ class RunConfig:
     max_test_samples: Optional[int] = None
     parity_images: int = 500  # held-out test images saved for the export parity check
     strategy: str = "default"  # default | mirrored | multi_worker (TF_CONFIG)
+    # fused: the layers' XLA-fused training kernels (same function, fewer memory passes,
+    # docs/training_speed.md); reference: the plain TensorFlow graphs of the layers.
+    kernels: str = "fused"
     recipe: Optional[str] = None  # the named recipe this config started from (a record)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -146,6 +150,7 @@ class RunConfig:
              f"optim.regularizer_mix must be one of {', '.join(REGULARIZER_MIXES)}"),
             (k.mode in DISTILL_MODES, f"distill.mode must be one of {', '.join(DISTILL_MODES)}"),
             (self.strategy in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}"),
+            (self.kernels in KERNELS, f"kernels must be one of {', '.join(KERNELS)}"),
             (o.min_learning_rate <= o.learning_rate, "optim.min_learning_rate must be in [0, learning_rate]"),
             (o.stage1_epochs < self.epochs or o.stage1_epochs == 0,
              "optim.stage1_epochs must be smaller than epochs"),

@@ -21,7 +21,7 @@ from edgebvit.artifacts import (BEST_MODEL_FILE, BEST_STATE_FILE, CALIBRATION_FI
                                 METRICS_JSON, MODEL_FILE, PARITY_FILE, SUMMARY_FILE, TENSORBOARD_DIR)
 from edgebvit.errors import EdgebvitError
 from edgebvit.fileio import atomic_write_json
-from edgebvit.models.layers import binary_latent_kernels, install_kernel_switch
+from edgebvit.models.layers import binary_latent_kernels, fused, install_kernel_switch
 from edgebvit.training.callbacks import (BestModelSaver, FlipRatioLogger, LearningRateLogger, LossSchedule,
                                          MetricsLogger)
 from edgebvit.training.config import RunConfig, describe
@@ -156,6 +156,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, strategy, *, resume: bool, verb
     from edgebvit.models.profile import profile_model
 
     tf.keras.utils.set_random_seed(cfg.seed)
+    fused.set_enabled(cfg.kernels == "fused")  # read when fit traces the train step
     steps = steps_in_epoch(len(ds.x_train), cfg.batch_size, cfg.steps_per_epoch)
     with strategy.scope():
         student = build_model(cfg, ds)

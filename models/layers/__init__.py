@@ -12,7 +12,8 @@ written are docs/lce.md:
 | file            | what it holds                                                               |
 |-----------------|-----------------------------------------------------------------------------|
 | base.py         | Keras registration, initialisers, BatchNorm with PyTorch defaults           |
-| quantizers.py   | `ScaledSign` and the model surgery the trainer calls (binary-layer walks,   |
+| fused.py        | XLA-fused training kernels of the element-wise layers (same math)          |
+| quantizers.py   | `ScaledSign`, larq's `ApproxSign` with its fused kernel, the model surgery the trainer calls (binary-layer walks,   |
 |                 | Bop's STE mask, the two-stage kernel switch)                                |
 | elementwise.py  | `LearnableBias`, `RPReLU`, `LayerScale`, position embedding, channel shortcuts |
 | linear.py       | `binary_conv`, `binary_linear` (+ float twin), `BinarySign`                 |
@@ -25,7 +26,8 @@ Everything is re-exported here: ``from edgebvit.models import layers as L; L.RPR
 """
 from edgebvit.models.layers.base import (BN_EPSILON, BN_MOMENTUM, PACKAGE, batch_norm, serializable,
                                          torch_default_init, trunc_normal)
-from edgebvit.models.layers.quantizers import (STE_MASKS, ScaledSign, binary_latent_kernels, binary_layers,
+from edgebvit.models.layers import fused
+from edgebvit.models.layers.quantizers import (STE_MASKS, ApproxSign, ScaledSign, binary_latent_kernels, binary_layers,
                                                install_kernel_switch, latent, set_ste_mask)
 from edgebvit.models.layers.elementwise import (ChannelAvgPool, ChannelSplit, ChannelTile, LayerScale,
                                                 LearnableBias, PositionEmbedding, RPReLU, channel_shortcut)
@@ -42,13 +44,13 @@ from edgebvit.models.layers.windows import (AppendMergedTokens, MergedTokens, To
 from edgebvit.models.layers.qd import QD_FORMS, QDAttention, QDLsq, QDThermometer
 
 __all__ = [
-    "AppendMergedTokens", "AttentionProbBinarizer", "BN_EPSILON", "BN_MOMENTUM", "BinarySign", "ChannelAvgPool",
+    "AppendMergedTokens", "ApproxSign", "AttentionProbBinarizer", "BN_EPSILON", "BN_MOMENTUM", "BinarySign", "ChannelAvgPool",
     "ChannelShiftMix", "ChannelSplit", "ChannelTile", "ClassToken", "DiagonalShifts", "HEAD_POOLINGS",
     "LayerScale", "LearnableBias", "MergedTokens", "MultiHeadAttentionCore", "PACKAGE", "PositionEmbedding",
     "QDAttention", "QDLsq", "QDThermometer", "QD_FORMS", "RPReLU", "STE_MASKS", "ScaledSign", "ShiftMean",
     "SpaceToDepth", "TakeToken", "TokenSplit", "WindowMerge", "WindowPartition", "batch_norm",
     "binary_conv", "binary_latent_kernels", "binary_layers", "binary_linear", "channel_shortcut",
-    "circular_roll", "classifier_head", "float_linear", "install_kernel_switch", "latent", "mlp",
+    "circular_roll", "classifier_head", "float_linear", "fused", "install_kernel_switch", "latent", "mlp",
     "multi_pool_branches", "patch_merging", "scaled_dot_product", "serializable", "set_ste_mask",
     "shifted_patch_tokenization", "spatial_reduction", "token_linear", "torch_default_init", "trunc_normal",
     "upsample_nearest", "window_merge", "zero_padded_avg_pool",

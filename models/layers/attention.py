@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from edgebvit.models.layers import fused
 from edgebvit.models.layers.base import serializable
 from edgebvit.models.layers.linear import token_linear
 
@@ -73,7 +74,9 @@ class AttentionProbBinarizer(tf.keras.layers.Layer):
         )
         super().build(input_shape)
 
-    def call(self, p):
+    def call(self, p, training=None):
+        if fused.use_fused(training):
+            return fused.elastic_binarize(p, tf.convert_to_tensor(self.alpha))
         return _elastic_binarize(p, tf.convert_to_tensor(self.alpha))
 
     def get_config(self):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from edgebvit.models.layers import fused
 from edgebvit.models.layers.base import serializable, trunc_normal
 
 
@@ -41,7 +42,9 @@ class RPReLU(tf.keras.layers.Layer):
         self.shift_out = self.add_weight(name="shift_out", shape=(c,), initializer="zeros")
         super().build(input_shape)
 
-    def call(self, x):
+    def call(self, x, training=None):
+        if fused.use_fused(training):  # the same function in two memory passes (fused.py)
+            return fused.rprelu(x, self.shift_in, self.slope, self.shift_out)
         x = x - self.shift_in
         # Written as Keras' PReLU is (relu(x) - a*relu(-x)) so the TFLite converter can fuse PRELU.
         return (tf.nn.relu(x) + (-self.slope) * tf.nn.relu(-x)) + self.shift_out
@@ -69,7 +72,9 @@ class LayerScale(tf.keras.layers.Layer):
         self.shift = self.add_weight(name="shift", shape=(c,), initializer="zeros")
         super().build(input_shape)
 
-    def call(self, x):
+    def call(self, x, training=None):
+        if fused.use_fused(training):
+            return fused.affine(x, self.scale, self.shift)
         return x * self.scale + self.shift
 
     def get_config(self):
@@ -98,7 +103,9 @@ class ChannelTile(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.repeats = int(repeats)
 
-    def call(self, x):
+    def call(self, x, training=None):
+        if fused.use_fused(training):
+            return fused.channel_tile(x, self.repeats)
         return tf.concat([x] * self.repeats, axis=-1)
 
     def get_config(self):
@@ -116,7 +123,9 @@ class ChannelAvgPool(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.factor = int(factor)
 
-    def call(self, x):
+    def call(self, x, training=None):
+        if fused.use_fused(training):
+            return fused.channel_avg_pool(x, self.factor)
         shape = tf.shape(x)
         c = x.shape[-1]
         grouped = tf.reshape(x, tf.concat([shape[:-1], [c // self.factor, self.factor]], axis=0))

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from edgebvit.models.layers.base import batch_norm, serializable, trunc_normal
 from edgebvit.models.layers.elementwise import LearnableBias, RPReLU, channel_shortcut
-from edgebvit.models.layers.quantizers import ScaledSign
+from edgebvit.models.layers.quantizers import ApproxSign, ScaledSign
 
 
 def binary_conv(
@@ -41,7 +41,7 @@ def binary_conv(
         pad_values=pad_values,
         dilation_rate=dilation_rate,
         groups=groups,
-        input_quantizer=lq.quantizers.ApproxSign(),
+        input_quantizer=ApproxSign(),
         kernel_quantizer=ScaledSign(centre=centre),
         kernel_constraint=None,  # the official code clips nothing; the STE mask does the job
         kernel_initializer=trunc_normal(0.02),
@@ -116,8 +116,8 @@ class BinarySign(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         self.bias = self.add_weight(name="bias", shape=(input_shape[-1],), initializer="zeros")
-        self.quantizer = lq.quantizers.ApproxSign()
+        self.quantizer = ApproxSign()
         super().build(input_shape)
 
-    def call(self, x):
-        return self.quantizer(x + self.bias)
+    def call(self, x, training=None):
+        return self.quantizer(x + self.bias, training=training)

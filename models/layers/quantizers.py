@@ -16,6 +16,7 @@ from typing import Callable, List, Sequence
 import larq as lq
 import tensorflow as tf
 
+from edgebvit.models.layers import fused
 from edgebvit.models.layers.base import serializable
 
 
@@ -30,6 +31,21 @@ class _NoStarvedWeightsWarning(logging.Filter):
 logging.getLogger("larq.layers_base").addFilter(_NoStarvedWeightsWarning())
 
 STE_MASKS = ("centred", "none")
+
+
+@serializable
+class ApproxSign(lq.quantizers.ApproxSign):
+    """larq's `ApproxSign` (sign forward, Bi-Real's piecewise-quadratic gradient), with the fused
+    training kernel of `fused.approx_sign` when called with training=True.
+
+    Same class name and config as larq's, so the converter and `precheck` treat it as larq's sign;
+    inference, export and conversion run larq's own graph.
+    """
+
+    def call(self, inputs, training=None):
+        if fused.use_fused(training):
+            return lq.quantizers._BaseQuantizer.call(self, fused.approx_sign(inputs))
+        return super().call(inputs)
 
 
 @serializable
