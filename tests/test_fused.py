@@ -195,3 +195,18 @@ def test_bhvit_gradients_unchanged():
     for v, a, b in zip(model.trainable_variables, g_f, g_r):
         np.testing.assert_allclose(a, b, atol=1e-4 * scale, rtol=1e-3, err_msg=v.name)
 
+
+
+def test_pointwise_binary_conv_trains_as_matmul():
+    rng = np.random.default_rng(5)
+    conv = L.binary_conv(24, 1, name="pw")
+    x = _values((2, 4, 4, 16), rng, ties=(0.0,))
+    conv.build(x.shape)
+    assert conv._pointwise()
+    _assert_same(conv, x)
+    fn = tf.function(lambda t: conv(t, training=True)).get_concrete_function(tf.TensorSpec(x.shape, tf.float32))
+    types = {n.op for n in fn.graph.as_graph_def().node}
+    assert "MatMul" in types and "Conv2D" not in types
+    fn = tf.function(lambda t: conv(t, training=False)).get_concrete_function(tf.TensorSpec(x.shape, tf.float32))
+    assert "Conv2D" in {n.op for n in fn.graph.as_graph_def().node}  # what LCE converts
+    assert not L.binary_conv(24, 2, strides=2, name="merge")._pointwise()

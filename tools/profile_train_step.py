@@ -33,7 +33,7 @@ KINDS = {
                     "MatMul"),
     "batchnorm": ("FusedBatchNormV3", "FusedBatchNormGradV3"),
     "reductions": ("Sum", "Mean", "Max", "Prod"),
-    "XLA-fused kernels": ("Start",),  # an XlaLaunch's executable run
+    "XLA-fused kernels": ("Start",),  # ExecutorState::ProcessAsync::Start: an XlaLaunch's executable run
     "optimizer": ("ResourceApplyAdam", "ResourceApplyAdamWithAmsgrad", "AssignAddVariableOp", "AssignVariableOp",
                   "AssignSubVariableOp", "ResourceApplyGradientDescent"),
 }
@@ -107,12 +107,16 @@ def profile(model: str, batch_size: int, steps: int, kernels: str, overrides: di
                 if ":" not in name:
                     continue
                 op, op_type = name.rsplit(":", 1)
-                if op_type in SKIP or op.startswith("ExecutorState"):
+                if op.startswith("ExecutorState::ProcessAsync") and op_type == "Start":
+                    op = "(XLA-fused kernels)"  # an asynchronous op: on this CPU, an XlaLaunch running
+                elif op_type in SKIP or op.startswith("ExecutorState"):
                     continue
                 ms = ev.duration_ps / 1e9 / steps
                 # Custom gradients (larq's sign, the fused kernels) are traced outside the layers'
                 # name scopes: a top-level op is backward work (the loss ops are negligible).
                 direction = "backward" if op.startswith("gradient_tape/") or "/" not in op else "forward"
+                if op == "(XLA-fused kernels)":
+                    direction = "forward and backward"
                 by_type[op_type] += ms
                 count[op_type] += 1
                 by_kind[(kind_of(op_type), direction)] += ms

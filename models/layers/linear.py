@@ -7,12 +7,11 @@ constant-folds to +-alpha per output channel as LCE requires.
 """
 from __future__ import annotations
 
-import larq as lq
 import tensorflow as tf
 
 from edgebvit.models.layers.base import batch_norm, serializable, trunc_normal
 from edgebvit.models.layers.elementwise import LearnableBias, RPReLU, channel_shortcut
-from edgebvit.models.layers.quantizers import ApproxSign, ScaledSign
+from edgebvit.models.layers.quantizers import ApproxSign, QuantConv2D, ScaledSign
 
 
 def binary_conv(
@@ -26,14 +25,14 @@ def binary_conv(
     dilation_rate: int = 1,
     groups: int = 1,
     centre: bool = True,
-) -> lq.layers.QuantConv2D:
+) -> QuantConv2D:
     """A binary conv LCE converts to `LceBconv2d`: ApproxSign inputs, ScaledSign weights, no bias.
 
     ApproxSign is the Bi-Real piecewise-quadratic sign gradient both official repos use; its
     forward is larq's sign, which LCE's converter recognises. No bias: the BN after it carries one
     and fuses into the bconv's post-activation bias.
     """
-    return lq.layers.QuantConv2D(
+    return QuantConv2D(
         filters,
         kernel_size,
         strides=strides,

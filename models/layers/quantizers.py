@@ -49,6 +49,34 @@ class ApproxSign(lq.quantizers.ApproxSign):
 
 
 @serializable
+class QuantConv2D(lq.layers.QuantConv2D):
+    """larq's `QuantConv2D`, same class name and config; a 1x1, stride-1, ungrouped one trains
+    (training=True, fused kernels on) as a matrix product over the tokens (`fused.pointwise_conv`).
+
+    Inference, export and conversion run larq's convolution, which LCE turns into `LceBconv2d`.
+    """
+
+    _as_matmul = False
+
+    def _pointwise(self) -> bool:
+        return (tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1)
+                and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
+                and self.data_format == "channels_last")
+
+    def call(self, inputs, training=None):
+        self._as_matmul = fused.use_fused(training) and self._pointwise()
+        try:
+            return super().call(inputs)
+        finally:
+            self._as_matmul = False
+
+    def convolution_op(self, inputs, kernel):
+        if self._as_matmul:
+            return fused.pointwise_conv(inputs, kernel)
+        return super().convolution_op(inputs, kernel)
+
+
+@serializable
 class ScaledSign(lq.quantizers.Quantizer):
     """Binary weight quantizer of both official repos (docs/papers.md 0).
 
