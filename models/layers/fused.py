@@ -22,21 +22,21 @@ reference` does for a whole run.
 from __future__ import annotations
 
 import contextlib
-import threading
 
 import tensorflow as tf
 
-_STATE = threading.local()
+# Process-wide, not thread-local: MirroredStrategy traces each replica's step in a thread of its own.
+_ENABLED = [True]
 
 
 def enabled() -> bool:
     """Whether layers called with training=True use the fused kernels (default: yes)."""
-    return getattr(_STATE, "enabled", True)
+    return _ENABLED[0]
 
 
 def set_enabled(value: bool) -> None:
-    """Switch the fused training kernels on or off for this thread (takes effect at the next trace)."""
-    _STATE.enabled = bool(value)
+    """Switch the fused training kernels on or off (takes effect at the next trace)."""
+    _ENABLED[0] = bool(value)
 
 
 @contextlib.contextmanager
