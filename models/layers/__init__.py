@@ -12,9 +12,10 @@ written are docs/lce.md:
 | file            | what it holds                                                               |
 |-----------------|-----------------------------------------------------------------------------|
 | base.py         | Keras registration, initialisers, BatchNorm with PyTorch defaults           |
-| fused.py        | XLA-fused training kernels of the element-wise layers (same math)          |
-| quantizers.py   | `ScaledSign`, larq's `ApproxSign` with its fused kernel, the model surgery the trainer calls (binary-layer walks,   |
-|                 | Bop's STE mask, the two-stage kernel switch)                                |
+| fused.py        | XLA-fused training kernels of the element-wise layers (same math)           |
+| quantizers.py   | `ScaledSign`; larq's `ApproxSign` and `QuantConv2D` with training fast paths; |
+|                 | the model surgery the trainer calls (binary-layer walks, Bop's STE mask,    |
+|                 | the two-stage kernel switch)                                                |
 | elementwise.py  | `LearnableBias`, `RPReLU`, `LayerScale`, position embedding, channel shortcuts |
 | linear.py       | `binary_conv`, `binary_linear` (+ float twin), `BinarySign`                 |
 | attention.py    | the shared scaled dot-product core, BiT's binarizer, BinaryViT's core, K/V reduction |

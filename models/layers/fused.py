@@ -5,9 +5,9 @@ The training step of a binary ViT on a CPU is dominated by element-wise work, no
 ApproxSign gradient six more; RPReLU is seven ops forward and about a dozen backward. Each op reads
 and writes the whole activation tensor. Here each such chain is one XLA-compiled element-wise
 kernel forward and one backward (`tf.custom_gradient`), while the per-channel reductions of the
-parameter gradients stay TensorFlow's own `Sum`: XLA's CPU code for reductions over the leading
-axes is several times slower than Eigen's (measured in the doc above), and a whole-step
-`jit_compile` is slower than no XLA at all for the same reason.
+parameter gradients stay outside XLA, as TensorFlow matrix-vector products (`_channel_sum`): XLA's
+CPU code for reductions over the leading axes is several times slower than Eigen's (measured in
+the doc above), and a whole-step `jit_compile` is slower than no XLA at all for the same reason.
 
 The layers use these kernels only when called with ``training=True`` and while `enabled()`; in
 inference, export and conversion they run their reference graphs, which the LCE converter
@@ -185,16 +185,18 @@ def _spread(dy, factor):
     return tf.reshape(expanded, tf.concat([tf.shape(dy)[:-1], [dy.shape[-1] * factor]], axis=0))
 
 
-def channel_avg_pool(x, factor: int):
-    """Output channel j = mean of input channels [j*r, j*r + r) (`ChannelAvgPool`)."""
+def _channel_map(forward, backward, x, k: int):
+    """``forward(x, k)`` with the gradient ``backward(dy, k)``: a linear channel map and its transpose."""
     @tf.custom_gradient
     def fn(x):
-        def grad(dy):
-            return _spread(dy, factor)
-
-        return _group_mean(x, factor), grad
+        return forward(x, k), lambda dy: backward(dy, k)
 
     return fn(x)
+
+
+def channel_avg_pool(x, factor: int):
+    """Output channel j = mean of input channels [j*r, j*r + r) (`ChannelAvgPool`)."""
+    return _channel_map(_group_mean, _spread, x, factor)
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -211,14 +213,7 @@ def _fold_channels(dy, repeats):
 
 def channel_tile(x, repeats: int):
     """``concat([x] * r, axis=-1)`` (`ChannelTile`); its gradient sums the r copies."""
-    @tf.custom_gradient
-    def fn(x):
-        def grad(dy):
-            return _fold_channels(dy, repeats)
-
-        return _tile_channels(x, repeats), grad
-
-    return fn(x)
+    return _channel_map(_tile_channels, _fold_channels, x, repeats)
 
 
 # ------------------------------------------------------------------------------------------
