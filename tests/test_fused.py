@@ -210,3 +210,23 @@ def test_pointwise_binary_conv_trains_as_matmul():
     fn = tf.function(lambda t: conv(t, training=False)).get_concrete_function(tf.TensorSpec(x.shape, tf.float32))
     assert "Conv2D" in {n.op for n in fn.graph.as_graph_def().node}  # what LCE converts
     assert not L.binary_conv(24, 2, strides=2, name="merge")._pointwise()
+
+
+def test_saving_a_model_leaves_no_shutdown_tracebacks():
+    """Saving traces the training call (fused kernels, custom gradients in graph mode); the process
+    must still exit with nothing below its own last line (a CLI error must stay the last line)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, tempfile, edgebvit, tensorflow as tf\n"
+        "from edgebvit.models import create_model\n"
+        "m = create_model('binaryvit_tiny_32', input_shape=(16, 16, 1), num_classes=10, patch_size=4,\n"
+        "                 depths=1, embed_dims=32, num_heads=1, mlp_ratios=2)\n"
+        "tf.saved_model.save(m, tempfile.mkdtemp())\n"
+        "print('error: the last line', file=sys.stderr)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Exception ignored" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "error: the last line"

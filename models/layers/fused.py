@@ -21,9 +21,12 @@ reference` does for a whole run.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 
 import tensorflow as tf
+from tensorflow.python.framework import ops as _tf_ops
 
 # Process-wide, not thread-local: MirroredStrategy traces each replica's step in a thread of its own.
 _ENABLED = [True]
@@ -55,6 +58,52 @@ def use_fused(training) -> bool:
     return training is True and enabled()
 
 
+class _XlaKernel:
+    """A ``tf.function(jit_compile=True)`` built at first call, whose traces `release` can drop."""
+
+    def __init__(self, fn):
+        self._python = fn
+        self._function = None
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, *args):
+        if self._function is None:
+            self._function = tf.function(self._python, jit_compile=True, autograph=False)
+        return self._function(*args)
+
+    def release(self) -> None:
+        self._function = None
+
+
+_KERNELS: list[_XlaKernel] = []
+
+
+def _xla(fn) -> _XlaKernel:
+    kernel = _XlaKernel(fn)
+    _KERNELS.append(kernel)
+    return kernel
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    """Drop every traced kernel and the gradient functions our graph-mode calls registered.
+
+    ``tf.custom_gradient`` in a graph registers each call's gradient closure in TF's process-wide
+    gradient registry, which keeps the traced graphs (and their XLA functions) alive until
+    interpreter shutdown, where TF's function destructors run after their modules are gone and
+    print "Exception ignored in AtomicFunction.__del__" below a command's last line. Run at exit
+    (before module teardown), this frees them while TF is whole. Only at exit: live graphs still need their gradients.
+    """
+    for kernel in _KERNELS:
+        kernel.release()
+    entries = getattr(getattr(_tf_ops, "_gradient_registry", None), "_registry", None)
+    if isinstance(entries, dict):
+        for name in [n for n in entries if str(n).startswith("CustomGradient-")]:
+            del entries[name]
+    gc.collect()
+
+
 def _channel_sum(t: tf.Tensor) -> tf.Tensor:
     """Sum over every axis but the last: the gradient of a per-channel parameter.
 
@@ -69,13 +118,13 @@ def _channel_sum(t: tf.Tensor) -> tf.Tensor:
 # ------------------------------------------------------------------------------------------
 # sign with the ApproxSign gradient (Bi-Real Net; larq's `approx_sign`)
 # ------------------------------------------------------------------------------------------
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _sign_forward(x):
     one = tf.ones([], x.dtype)
     return tf.where(x >= 0, one, -one)  # larq's sign: sign(0) = +1
 
 
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _approx_sign_backward(dy, x):
     abs_x = tf.abs(x)
     return tf.where(abs_x <= 1.0, (1.0 - abs_x) * 2.0 * dy, tf.zeros_like(dy))
@@ -93,13 +142,13 @@ def approx_sign(x):
 # ------------------------------------------------------------------------------------------
 # RPReLU (ReActNet): PReLU_c(x - gamma_c) + zeta_c
 # ------------------------------------------------------------------------------------------
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _rprelu_forward(x, shift_in, slope, shift_out):
     h = x - shift_in
     return tf.where(h > 0, h, slope * h) + shift_out
 
 
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _rprelu_backward(dy, x, shift_in, slope):
     h = x - shift_in
     zero = tf.zeros_like(dy)
@@ -122,12 +171,12 @@ def rprelu(x, shift_in, slope, shift_out):
 # ------------------------------------------------------------------------------------------
 # LayerScale (CaiT; BinaryViT's affine): x * a + m
 # ------------------------------------------------------------------------------------------
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _affine_forward(x, scale, shift):
     return x * scale + shift
 
 
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _affine_backward(dy, x, scale):
     return dy * scale, dy * x
 
@@ -145,12 +194,12 @@ def affine(x, scale, shift):
 # ------------------------------------------------------------------------------------------
 # BiT's elastic binarizer of attention probabilities: P -> alpha * clip(round(P / alpha), 0, 1)
 # ------------------------------------------------------------------------------------------
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _elastic_forward(p, alpha):
     return alpha * tf.clip_by_value(tf.round(p / alpha), 0.0, 1.0)
 
 
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _elastic_backward(dy, p, alpha):
     q = p / alpha
     in_range = tf.cast((q >= 0.0) & (q <= 1.0), p.dtype)
@@ -171,13 +220,13 @@ def elastic_binarize(p, alpha):
 # ------------------------------------------------------------------------------------------
 # The width-changing shortcuts: channel tiling C -> rC and channel averaging rC -> C
 # ------------------------------------------------------------------------------------------
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _group_mean(x, factor):
     shape = tf.concat([tf.shape(x)[:-1], [x.shape[-1] // factor, factor]], axis=0)
     return tf.reduce_mean(tf.reshape(x, shape), axis=-1)
 
 
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _spread(dy, factor):
     # the gradient of the group mean: each of the `factor` inputs gets dy / factor
     expanded = tf.broadcast_to(dy[..., None] / tf.cast(factor, dy.dtype),
@@ -199,12 +248,12 @@ def channel_avg_pool(x, factor: int):
     return _channel_map(_group_mean, _spread, x, factor)
 
 
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _tile_channels(x, repeats):
     return tf.concat([x] * repeats, axis=-1)
 
 
-@tf.function(jit_compile=True, autograph=False)
+@_xla
 def _fold_channels(dy, repeats):
     c = dy.shape[-1] // repeats
     shape = tf.concat([tf.shape(dy)[:-1], [repeats, c]], axis=0)
