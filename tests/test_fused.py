@@ -4,6 +4,9 @@ Each kernel is compared with the reference graph it replaces on inputs that incl
 (x == 0 for the sign, |x| == 1 for its gradient window, x == threshold for RPReLU), and a whole
 model's first training steps are compared loss by loss with `--kernels reference`.
 """
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -215,9 +218,6 @@ def test_pointwise_binary_conv_trains_as_matmul():
 def test_saving_a_model_leaves_no_shutdown_tracebacks():
     """Saving traces the training call (fused kernels, custom gradients in graph mode); the process
     must still exit with nothing below its own last line (a CLI error must stay the last line)."""
-    import subprocess
-    import sys
-
     script = (
         "import sys, tempfile, edgebvit, tensorflow as tf\n"
         "from edgebvit.models import create_model\n"

@@ -93,7 +93,8 @@ def _release_at_exit() -> None:
     gradient registry, which keeps the traced graphs (and their XLA functions) alive until
     interpreter shutdown, where TF's function destructors run after their modules are gone and
     print "Exception ignored in AtomicFunction.__del__" below a command's last line. Run at exit
-    (before module teardown), this frees them while TF is whole. Only at exit: live graphs still need their gradients.
+    (before module teardown), this frees them while TF is whole. Only at exit: live graphs still
+    need their gradients.
     """
     for kernel in _KERNELS:
         kernel.release()
