@@ -43,7 +43,7 @@ PRECISIONS = (BINARY, INT8, FLOAT)
 LCE_OPS = ("LceQuantize", "LceDequantize", "LceBconv2d", "LceBMaxPool2d")
 INTEGER_TENSOR_TYPES = ("INT8", "UINT8", "INT16")
 _PADDING = {0: "SAME", 1: "VALID"}
-_BLOCK_NAME = re.compile(r"(?:^|/)(block\d+|s\d+b\d+)_")
+_BLOCK_NAME = re.compile(r"(?:^|/)(block\d+|s\d+b\d+|ca\d+)_")
 _ACTIVATION = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
 ITEMSIZE = {"FLOAT32": 4, "INT32": 4, "INT64": 8, "FLOAT16": 2, "INT16": 2, "INT8": 1, "UINT8": 1, "BOOL": 1}
 
@@ -195,7 +195,8 @@ class FlatbufferReport:
 
     def ops_per_block(self) -> Dict[str, int]:
         """Operators per transformer block, from the Keras layer names TFLite keeps in tensor names
-        (BinaryViT ``block3_...``, BHViT ``s2b1_...``); the rest (stem, merging, head) is ``other``."""
+        (BinaryViT ``block3_...``, class attention ``ca0_...``, BHViT ``s2b1_...``); the rest
+        (stem, merging, head) is ``other``."""
         out: Dict[str, int] = {}
         for op in self.ops:
             m = _BLOCK_NAME.search(op.name)

@@ -22,6 +22,17 @@ stage; the number of stages is the length of `depths`. `spt=True` / `lsa=True` a
 Tokenization and Locality Self-Attention (Lee et al. 2021) to any variant; `binary=False` builds
 the full-precision twin of the same graph (a teacher). Field names are those of BHViTConfig
 wherever the two families mean the same thing.
+
+Two heads from the literature the papers build on (docs/papers.md 3.1):
+
+* `distill_token=True`: DeiT's distillation token (Touvron et al. 2021a, section 4): a second
+  learned token with its own head, trained on the teacher's hard labels; at inference the two
+  heads' logits are averaged. On an isotropic model it enters at the stem, beside the class
+  token (head="cls") or beside the patch tokens of an average-pooled model (head="gap"), and goes
+  through every block; in a model with class attention it enters with the class token there.
+* `head="class_attention"`: CaiT's class attention (Touvron et al. 2021b, section 3.2): the trunk
+  runs on patch tokens only, then `class_attention_depth` blocks in which the class token (and
+  the distillation token) attend to the frozen patch tokens, binary linears as everywhere else.
 """
 from __future__ import annotations
 
@@ -35,7 +46,7 @@ from edgebvit.models import layers as L
 from edgebvit.models.registry import register_model
 
 PerStage = Union[int, Tuple[int, ...]]
-HEADS = L.HEAD_POOLINGS
+HEADS = (*L.HEAD_POOLINGS, "class_attention")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +61,10 @@ class BinaryViTConfig:
     num_heads: PerStage = 2
     mlp_ratios: PerStage = 4
     sr_ratios: PerStage = 1  # K/V spatial reduction per stage (PVT-style); 1 = none
-    head: str = "gap"  # "cls": class token (ladder row 1); "gap": mean of the final tokens
+    head: str = "gap"  # "cls": class token (ladder row 1); "gap": mean of the final tokens;
+    # "class_attention": CaiT's class-attention blocks at the end read the class token
+    class_attention_depth: int = 2  # class-attention blocks (CaiT uses 2) when head="class_attention"
+    distill_token: bool = False  # DeiT's distillation token and head (teacher's hard labels)
     pool_branches: Tuple[int, ...] = (3, 5)  # 1xk and kx1 average-pool branches on the MLP input
     layerscale: bool = True  # affine (a=0.1) before each residual add
     fp_downsample: bool = False  # full-precision patch merging between stages (BinaryViT*)
@@ -75,6 +89,13 @@ class BinaryViTConfig:
 
         fields = [per_stage(f) for f in ("embed_dims", "depths", "num_heads", "mlp_ratios", "sr_ratios")]
         return tuple(StageSpec(*vals) for vals in zip(*fields))
+
+    def trunk_tokens(self) -> int:
+        """Tokens that are not image patches in the trunk's row (0: the trunk is a patch grid)."""
+        n = 1 if self.head == "cls" else 0
+        if self.distill_token and self.head != "class_attention":
+            n += 1
+        return n
 
     def validate(self) -> None:
         """Reject configs that cannot be built, with a one-line reason (user overrides reach here)."""
@@ -107,6 +128,12 @@ class BinaryViTConfig:
                 raise ModelError("head='cls' is for isotropic models (one stage); pyramids use head='gap'")
             if self.pool_branches or specs[0].sr_ratio > 1:
                 raise ModelError("head='cls' tokens form a row, not a grid: pool_branches and sr_ratios need a grid")
+        if self.head == "class_attention" and self.class_attention_depth < 1:
+            raise ModelError("head='class_attention' needs class_attention_depth >= 1 (CaiT uses 2)")
+        if self.distill_token and self.head == "gap" and (len(specs) > 1 or specs[0].sr_ratio > 1):
+            raise ModelError("a distillation token in the trunk needs an isotropic model without K/V "
+                             "reduction; here use head='class_attention', where it joins in the last "
+                             "blocks (CaiT)")
 
 
 @dataclass(frozen=True)
@@ -134,6 +161,8 @@ def stem(x: tf.Tensor, cfg: BinaryViTConfig, dim: int) -> tf.Tensor:
         )(x)
     if cfg.stem_bn:
         x = L.batch_norm("stem_bn")(x)
+    if cfg.distill_token and cfg.head != "class_attention":
+        x = L.ClassToken(name="dist_token")(x)  # (B, 1, N + 1, C): DeiT's distillation token
     if cfg.head == "cls":
         x = L.ClassToken(name="cls_token")(x)  # (B, 1, N + 1, C); the embedding covers the cls slot
     return L.PositionEmbedding(name="pos_embed")(x)
@@ -173,14 +202,81 @@ def attention(xn: tf.Tensor, cfg: BinaryViTConfig, spec: StageSpec, *, name: str
     return out
 
 
-def encoder_block(x: tf.Tensor, cfg: BinaryViTConfig, spec: StageSpec, *, name: str) -> tf.Tensor:
+def pool_branches(xn2: tf.Tensor, cfg: BinaryViTConfig, *, extra: int, grid: Tuple[int, int],
+                  name: str) -> list:
+    """The multi-branch pooling on the patch grid; on a row that also carries `extra` tokens the
+    patches are pooled as a grid and the extra tokens get nothing from the branches."""
+    if not extra or not cfg.pool_branches:
+        return L.multi_pool_branches(xn2, cfg.pool_branches, name=name)
+    patches = L.PatchGrid(extra=extra, height=grid[0], width=grid[1], name=f"{name}_grid")(xn2)
+    return [L.PadTokens(extra=extra, name=f"{name}_row{i}")(b)
+            for i, b in enumerate(L.multi_pool_branches(patches, cfg.pool_branches, name=name))]
+
+
+def encoder_block(x: tf.Tensor, cfg: BinaryViTConfig, spec: StageSpec, *, name: str, extra: int = 0,
+                  grid: Tuple[int, int] = (0, 0)) -> tf.Tensor:
     """Pre-norm block: x + Attn(BN(x)), then + MLP(BN(x)) + pooling branches (docs/papers.md 1.2)."""
     xn = L.batch_norm(f"{name}_bn1")(x)
     x = tf.keras.layers.Add(name=f"{name}_attn_res")([x, attention(xn, cfg, spec, name=f"{name}_attn")])
     xn2 = L.batch_norm(f"{name}_bn2")(x)
-    branches = L.multi_pool_branches(xn2, cfg.pool_branches, name=f"{name}_pool")
+    branches = pool_branches(xn2, cfg, extra=extra, grid=grid, name=f"{name}_pool")
     terms = [x, L.mlp(xn2, spec.mlp_ratio, binary=cfg.binary, layerscale=cfg.layerscale, name=f"{name}_mlp"), *branches]
     return tf.keras.layers.Add(name=f"{name}_out")(terms)
+
+
+def class_attention_block(tokens: tf.Tensor, patches: tf.Tensor, cfg: BinaryViTConfig, spec: StageSpec, *,
+                          name: str) -> tf.Tensor:
+    """CaiT's class-attention block (Touvron et al. 2021b, section 3.2), in BinaryViT's binary form.
+
+    `tokens` (B, 1, T, C) are the class token (and the distillation token), `patches` (B, 1, N, C)
+    the trunk's output, frozen: only the tokens are updated. With z = [tokens, patches]:
+    ``tokens += LS(CA(BN(z)))``, then ``tokens += LS(MLP(BN(tokens)))``. Only the tokens query:
+    keys and values are binary linears of all of z (softmax binarized as in the trunk), and the
+    context gets each token's own q/k/v pre-activations added back, the trunk's gradient path
+    around the binarized softmax (docs/papers.md 1.3). The query linear also runs over z and is
+    then cut to the tokens, so that its BatchNorm normalises with the patches' statistics: over
+    the first block's class token alone (one value for the whole batch) it would output a
+    constant and its weights would get no gradient (LayerNorm, CaiT's norm, has no such issue).
+    """
+    t, c = tokens.shape[2], spec.dim
+    z = tf.keras.layers.Concatenate(axis=2, name=f"{name}_concat")([tokens, patches])
+    zn = L.batch_norm(f"{name}_bn1")(z)
+    q_all = L.token_linear(zn, c, binary=cfg.binary, name=f"{name}_attn_q")
+    q_pre = L.TokenRange(start=0, stop=t, name=f"{name}_attn_q_tokens")(q_all)
+    k_pre = L.token_linear(zn, c, binary=cfg.binary, name=f"{name}_attn_k")
+    v_pre = L.token_linear(zn, c, binary=cfg.binary, name=f"{name}_attn_v")
+    q = quantize_activation(q_pre, cfg, name=f"{name}_attn_q_sign")
+    k = quantize_activation(k_pre, cfg, name=f"{name}_attn_k_sign")
+    v = quantize_activation(v_pre, cfg, name=f"{name}_attn_v_sign")
+    prob_quant = cfg.attn_prob_quant if cfg.binary else "none"
+    ctx = L.MultiHeadAttentionCore(num_heads=spec.heads, prob_quant=prob_quant,
+                                   name=f"{name}_attn_core")([q, k, v])
+    ctx = L.batch_norm(f"{name}_attn_ctx_bn")(ctx)
+    k_own = L.TokenRange(start=0, stop=t, name=f"{name}_attn_k_own")(k_pre)
+    v_own = L.TokenRange(start=0, stop=t, name=f"{name}_attn_v_own")(v_pre)
+    ctx = tf.keras.layers.Add(name=f"{name}_attn_ctx_res")([ctx, q_pre, k_own, v_own])
+    ctx = L.RPReLU(name=f"{name}_attn_ctx_rprelu")(ctx)
+    out = L.token_linear(ctx, c, binary=cfg.binary, name=f"{name}_attn_proj")
+    if cfg.layerscale:
+        out = L.LayerScale(init_scale=0.1, name=f"{name}_attn_ls")(out)
+    tokens = tf.keras.layers.Add(name=f"{name}_attn_res")([tokens, out])
+    tn2 = L.batch_norm(f"{name}_bn2")(tokens)
+    out = L.mlp(tn2, spec.mlp_ratio, binary=cfg.binary, layerscale=cfg.layerscale, name=f"{name}_mlp")
+    return tf.keras.layers.Add(name=f"{name}_out")([tokens, out])
+
+
+def head(x: tf.Tensor, cfg: BinaryViTConfig, grid: Tuple[int, int]) -> tf.Tensor:
+    """The classifier: class token, average pool or class attention (with the distillation head)."""
+    if cfg.head == "class_attention":
+        spec = cfg.stages()[-1]
+        patches = L.token_row(x, name="ca_patches")
+        tokens = L.LearnedTokens(count=2 if cfg.distill_token else 1, name="ca_tokens")(patches)
+        for i in range(cfg.class_attention_depth):
+            tokens = class_attention_block(tokens, patches, cfg, spec, name=f"ca{i}")
+        return L.classifier_head(tokens, cfg.num_classes, pooling="cls", distill=cfg.distill_token)
+    extra = cfg.trunk_tokens() if cfg.head == "gap" else 0
+    return L.classifier_head(x, cfg.num_classes, pooling=cfg.head, distill=cfg.distill_token,
+                             extra_tokens=extra, grid=grid)
 
 
 def downsample(x: tf.Tensor, cfg: BinaryViTConfig, *, name: str) -> tf.Tensor:
@@ -202,13 +298,16 @@ def build_binaryvit(cfg: BinaryViTConfig) -> tf.keras.Model:
     specs = cfg.stages()
     inputs = tf.keras.Input(shape=tuple(cfg.input_shape), name="image")
     x = stem(inputs, cfg, specs[0].dim)
+    extra = cfg.trunk_tokens()
+    grid = (cfg.input_shape[0] // cfg.patch_size, cfg.input_shape[1] // cfg.patch_size)
     for s, spec in enumerate(specs):
         prefix = "block" if len(specs) == 1 else f"stage{s}_block"  # isotropic names stay short
         for i in range(spec.depth):
-            x = encoder_block(x, cfg, spec, name=f"{prefix}{i}")
+            x = encoder_block(x, cfg, spec, name=f"{prefix}{i}", extra=extra, grid=grid)
         if s + 1 < len(specs):
             x = downsample(x, cfg, name=f"merge{s}")
-    return tf.keras.Model(inputs, L.classifier_head(x, cfg.num_classes, pooling=cfg.head))
+            grid = (grid[0] // 2, grid[1] // 2)
+    return tf.keras.Model(inputs, head(x, cfg, grid))
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,3 +397,19 @@ _register("vit_pyramid_tiny_32_fp", description="full-precision twin of binaryvi
           role="teacher", tags=("32x32",), binary=False, **PYRAMID_TINY_32)
 _register("vit_deit_s_224_fp", description="full-precision twin of binaryvit_deit_s_224 (the FP teacher's shape)",
           role="teacher", tags=("imagenet",), binary=False, **DEIT_S)
+
+# The literature's heads (docs/papers.md 3.1): DeiT's distillation token, CaiT's class attention.
+_register("binaryvit_tiny_32_distill", description="binaryvit_tiny_32 + DeiT distillation token from the stem and its head (teacher's hard labels)",
+          tags=("32x32", "literature"), distill_token=True, **TINY_32, **ROW4_AFFINE)
+_register("binaryvit_tiny_32_cls_distill", description="binaryvit_tiny_32_cls + DeiT distillation token: class and distillation tokens, two heads",
+          tags=("32x32", "literature"), distill_token=True, **TINY_32, **ROW1_CLS)
+_register("binaryvit_tiny_32_cait", description="binaryvit_tiny_32 + CaiT class attention: 2 blocks where a class token attends to the patches",
+          tags=("32x32", "literature"), **TINY_32, **{**ROW4_AFFINE, "head": "class_attention"})
+_register("binaryvit_tiny_32_cait_distill", description="binaryvit_tiny_32_cait + DeiT distillation token, both tokens in the class-attention blocks",
+          tags=("32x32", "literature"), distill_token=True, **TINY_32, **{**ROW4_AFFINE, "head": "class_attention"})
+_register("binaryvit_pyramid_tiny_32_cait", description="binaryvit_pyramid_tiny_32 + CaiT class attention on the last stage's tokens",
+          tags=("32x32", "literature"), head="class_attention", **PYRAMID_TINY_32)
+_register("binaryvit_deit_s_distill_224", description="binaryvit_deit_s_224 + DeiT distillation token and head",
+          tags=("imagenet", "literature"), distill_token=True, **DEIT_S, **ROW4_AFFINE)
+_register("binaryvit_pyramid_s_224_cait_distill", description="binaryvit_pyramid_s_224 + CaiT class attention with class and distillation tokens",
+          tags=("imagenet", "literature"), head="class_attention", distill_token=True, **PYRAMID_S)

@@ -142,12 +142,14 @@ def test_every_binary_linear_becomes_lce_bconv2d(reduced_models, exported):
         attention = sum(op.macs for op in ops if op.attention)
         assert attention == _attention_macs(model), name
         assert not [op for op in ops if op.op_type == "BATCH_MATMUL" and not op.attention]
-    # The only float FULLY_CONNECTED ops with constant weights are the classifiers, one per model.
-    # A classifier's output is a graph output, so its tensor carries the output's name, not the
-    # model's: identify it by its class count (10 + index, distinct per model) instead.
+    # The only float FULLY_CONNECTED ops with constant weights are the classifiers, one per model
+    # (two with DeiT's distillation head). A classifier's output may be a graph output, whose
+    # tensor carries the output's name, not the model's: identify it by its class count (10 +
+    # index, distinct per model) instead.
     fc_const = [op for op in report.ops if op.op_type == "FULLY_CONNECTED" and not op.attention]
-    assert sorted(op.outputs[0].shape[-1] for op in fc_const) == sorted(
-        m.output_shape[-1] for m in reduced_models.values())
+    heads = [m.output_shape[-1] for m in reduced_models.values()
+             for _ in range(2 if any(layer.name == "head_dist" for layer in m.layers) else 1)]
+    assert sorted(op.outputs[0].shape[-1] for op in fc_const) == sorted(heads)
 
 
 @heavy

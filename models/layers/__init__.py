@@ -19,7 +19,7 @@ written are docs/lce.md:
 | elementwise.py  | `LearnableBias`, `RPReLU`, `LayerScale`, position embedding, channel shortcuts |
 | linear.py       | `binary_conv`, `binary_linear` (+ float twin), `BinarySign`                 |
 | attention.py    | the shared scaled dot-product core, BiT's binarizer, BinaryViT's core, K/V reduction |
-| tokens.py       | class token, Shifted Patch Tokenization                                     |
+| tokens.py       | class / distillation / class-attention tokens, token rows, SPT              |
 | blocks.py       | MLP, patch merging, pooling branches, classifier head                       |
 | shifts.py, windows.py, qd.py | BHViT's shift branches, MSMHA windows, QD attention            |
 
@@ -28,31 +28,33 @@ Everything is re-exported here: ``from edgebvit.models import layers as L; L.RPR
 from edgebvit.models.layers.base import (BN_EPSILON, BN_MOMENTUM, PACKAGE, batch_norm, serializable,
                                          torch_default_init, trunc_normal)
 from edgebvit.models.layers import fused
-from edgebvit.models.layers.quantizers import (STE_MASKS, ApproxSign, ScaledSign, binary_latent_kernels, binary_layers,
-                                               install_kernel_switch, latent, set_ste_mask)
+from edgebvit.models.layers.quantizers import (STE_MASKS, ApproxSign, ReCUSign, ScaledSign, binary_latent_kernels,
+                                               binary_layers, install_kernel_switch, latent, set_ste_mask)
 from edgebvit.models.layers.elementwise import (ChannelAvgPool, ChannelSplit, ChannelTile, LayerScale,
                                                 LearnableBias, PositionEmbedding, RPReLU, channel_shortcut)
 from edgebvit.models.layers.linear import BinarySign, binary_conv, binary_linear, float_linear, token_linear
 from edgebvit.models.layers.attention import (AttentionProbBinarizer, MultiHeadAttentionCore, scaled_dot_product,
                                               spatial_reduction, upsample_nearest)
-from edgebvit.models.layers.tokens import (ClassToken, DiagonalShifts, SpaceToDepth, TakeToken,
-                                           shifted_patch_tokenization)
+from edgebvit.models.layers.tokens import (ClassToken, DiagonalShifts, LearnedTokens, PadTokens, PatchGrid,
+                                           SpaceToDepth, TakeToken, TokenRange, shifted_patch_tokenization,
+                                           token_row)
 from edgebvit.models.layers.blocks import (HEAD_POOLINGS, classifier_head, mlp, multi_pool_branches, patch_merging,
                                            zero_padded_avg_pool)
 from edgebvit.models.layers.shifts import ChannelShiftMix, ShiftMean, circular_roll
 from edgebvit.models.layers.windows import (AppendMergedTokens, MergedTokens, TokenSplit, WindowMerge,
                                             WindowPartition, window_merge)
-from edgebvit.models.layers.qd import QD_FORMS, QDAttention, QDLsq, QDThermometer
+from edgebvit.models.layers.qd import QD_FORMS, GSBQuantizer, QDAttention, QDLsq, QDThermometer
 
 __all__ = [
-    "AppendMergedTokens", "ApproxSign", "AttentionProbBinarizer", "BN_EPSILON", "BN_MOMENTUM", "BinarySign", "ChannelAvgPool",
-    "ChannelShiftMix", "ChannelSplit", "ChannelTile", "ClassToken", "DiagonalShifts", "HEAD_POOLINGS",
-    "LayerScale", "LearnableBias", "MergedTokens", "MultiHeadAttentionCore", "PACKAGE", "PositionEmbedding",
-    "QDAttention", "QDLsq", "QDThermometer", "QD_FORMS", "RPReLU", "STE_MASKS", "ScaledSign", "ShiftMean",
-    "SpaceToDepth", "TakeToken", "TokenSplit", "WindowMerge", "WindowPartition", "batch_norm",
+    "AppendMergedTokens", "ApproxSign", "AttentionProbBinarizer", "BN_EPSILON", "BN_MOMENTUM", "BinarySign",
+    "ChannelAvgPool", "ChannelShiftMix", "ChannelSplit", "ChannelTile", "ClassToken", "DiagonalShifts",
+    "GSBQuantizer", "HEAD_POOLINGS", "LayerScale", "LearnableBias", "LearnedTokens", "MergedTokens",
+    "MultiHeadAttentionCore", "PACKAGE", "PadTokens", "PatchGrid", "PositionEmbedding", "QDAttention",
+    "QDLsq", "QDThermometer", "QD_FORMS", "RPReLU", "ReCUSign", "STE_MASKS", "ScaledSign", "ShiftMean",
+    "SpaceToDepth", "TakeToken", "TokenRange", "TokenSplit", "WindowMerge", "WindowPartition", "batch_norm",
     "binary_conv", "binary_latent_kernels", "binary_layers", "binary_linear", "channel_shortcut",
     "circular_roll", "classifier_head", "float_linear", "fused", "install_kernel_switch", "latent", "mlp",
     "multi_pool_branches", "patch_merging", "scaled_dot_product", "serializable", "set_ste_mask",
-    "shifted_patch_tokenization", "spatial_reduction", "token_linear", "torch_default_init", "trunc_normal",
-    "upsample_nearest", "window_merge", "zero_padded_avg_pool",
+    "shifted_patch_tokenization", "spatial_reduction", "token_linear", "token_row", "torch_default_init",
+    "trunc_normal", "upsample_nearest", "window_merge", "zero_padded_avg_pool",
 ]

@@ -9,7 +9,7 @@ import tensorflow as tf
 from edgebvit.models.layers.base import batch_norm, trunc_normal
 from edgebvit.models.layers.elementwise import LayerScale, LearnableBias, RPReLU, channel_shortcut
 from edgebvit.models.layers.linear import binary_conv, token_linear
-from edgebvit.models.layers.tokens import TakeToken
+from edgebvit.models.layers.tokens import PatchGrid, TakeToken
 
 HEAD_POOLINGS = ("gap", "cls")
 
@@ -37,13 +37,15 @@ def multi_pool_branches(x: tf.Tensor, sizes: Sequence[int], *, name: str) -> lis
     return out
 
 
-def mlp(xn: tf.Tensor, ratio: int, *, name: str, binary: bool = True, layerscale: bool = True) -> tf.Tensor:
+def mlp(xn: tf.Tensor, ratio: int, *, name: str, binary: bool = True, layerscale: bool = True,
+        recu: bool = False) -> tf.Tensor:
     """The binary MLP of both papers (docs/papers.md 1.2, 2.5): fc1 C -> rC (tiled shortcut), fc2
     rC -> C (channel-average shortcut), each a binary linear with BN and RPReLU, no GELU; then
-    LayerScale (a = 0.1) before the residual add. `binary=False` gives the float twin."""
+    LayerScale (a = 0.1) before the residual add. `binary=False` gives the float twin; `recu`
+    trains the binary weights with ReCU's gradient (BHViT's `--recu`)."""
     c = xn.shape[-1]
-    h = token_linear(xn, c * ratio, binary=binary, name=f"{name}_fc1")
-    out = token_linear(h, c, binary=binary, name=f"{name}_fc2")
+    h = token_linear(xn, c * ratio, binary=binary, recu=recu, name=f"{name}_fc1")
+    out = token_linear(h, c, binary=binary, recu=recu, name=f"{name}_fc2")
     if layerscale:
         out = LayerScale(init_scale=0.1, name=f"{name}_ls")(out)
     return out
@@ -81,14 +83,34 @@ def patch_merging(x: tf.Tensor, out_channels: int, *, name: str, binary: bool = 
     return RPReLU(name=f"{name}_rprelu")(h)
 
 
-def classifier_head(x: tf.Tensor, num_classes: int, *, pooling: str = "gap") -> tf.Tensor:
+def classifier_head(x: tf.Tensor, num_classes: int, *, pooling: str = "gap", distill: bool = False,
+                    extra_tokens: int = 0, grid: Optional[Sequence[int]] = None) -> tf.Tensor:
     """Final BN, then the class token (``pooling="cls"``) or the mean of the final tokens
-    (``"gap"``), then a float linear classifier (trunc-normal 0.02): the head of both families."""
+    (``"gap"``), then a float linear classifier (trunc-normal 0.02): the head of both families.
+
+    `distill` adds DeiT's distillation head (Touvron et al. 2021, "Training data-efficient image
+    transformers", 4): a second float linear `head_dist` on the distillation token (the row's
+    token 1 after a class token, token 0 in an average-pooled row), and the output is the mean of
+    the two heads' logits, as DeiT infers. The trainer reads both heads by name to give the
+    distillation head the teacher's labels. `extra_tokens` / `grid`: a "gap" row that starts
+    with that many non-patch tokens averages only its (height, width) patch grid.
+    """
     if pooling not in HEAD_POOLINGS:
         raise ValueError(f"pooling must be one of {HEAD_POOLINGS}, got {pooling!r}")
     x = batch_norm("head_bn")(x)
     if pooling == "cls":
-        x = TakeToken(index=0, name="head_cls")(x)
+        feature = TakeToken(index=0, name="head_cls")(x)
+        dist_index = 1
+    elif extra_tokens:
+        patches = PatchGrid(extra=extra_tokens, height=grid[0], width=grid[1], name="head_patches")(x)
+        feature = tf.keras.layers.GlobalAveragePooling2D(name="head_gap")(patches)
+        dist_index = 0
     else:
-        x = tf.keras.layers.GlobalAveragePooling2D(name="head_gap")(x)
-    return tf.keras.layers.Dense(num_classes, kernel_initializer=trunc_normal(0.02), name="head")(x)
+        feature = tf.keras.layers.GlobalAveragePooling2D(name="head_gap")(x)
+    logits = tf.keras.layers.Dense(num_classes, kernel_initializer=trunc_normal(0.02), name="head")(feature)
+    if not distill:
+        return logits
+    dist = TakeToken(index=dist_index, name="head_dist_token")(x)
+    dist_logits = tf.keras.layers.Dense(num_classes, kernel_initializer=trunc_normal(0.02),
+                                        name="head_dist")(dist)
+    return tf.keras.layers.Average(name="head_average")([logits, dist_logits])

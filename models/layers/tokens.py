@@ -52,6 +52,98 @@ class TakeToken(tf.keras.layers.Layer):
 
 
 @serializable
+class LearnedTokens(tf.keras.layers.Layer):
+    """`count` learnable tokens as a (B, 1, count, C) row, C = the input's channels; the input only
+    gives the batch size. CaiT's class token (and DeiT's distillation token) entering at the
+    class-attention stage (Touvron et al. 2021, "Going deeper with image transformers", 3.2).
+    Init: trunc-normal 0.02, as the class token."""
+
+    def __init__(self, *, count: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.count = int(count)
+
+    def build(self, input_shape):
+        self.tokens = self.add_weight(
+            name="tokens", shape=(1, 1, self.count, input_shape[-1]), initializer=trunc_normal(0.02)
+        )
+        super().build(input_shape)
+
+    def call(self, x):
+        return tf.tile(tf.cast(self.tokens, x.dtype), (tf.shape(x)[0], 1, 1, 1))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, self.count, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count}
+
+
+@serializable
+class TokenRange(tf.keras.layers.Layer):
+    """Tokens ``start:stop`` of a (B, 1, N, C) row, still a row (B, 1, stop - start, C)."""
+
+    def __init__(self, *, start: int, stop: int, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop = int(start), int(stop)
+
+    def call(self, x):
+        return x[:, :, self.start:self.stop, :]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, self.stop - self.start, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
+@serializable
+class PatchGrid(tf.keras.layers.Layer):
+    """The patch tokens of a row that starts with `extra` tokens (class / distillation), as the
+    (B, height, width, C) grid they came from: what grid-shaped operations (pooling branches,
+    average-pooled head) act on when the row also carries tokens that are not image patches."""
+
+    def __init__(self, *, extra: int, height: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.extra, self.height, self.width = int(extra), int(height), int(width)
+
+    def call(self, x):
+        return tf.reshape(x[:, :, self.extra:, :], (-1, self.height, self.width, x.shape[-1]))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "extra": self.extra, "height": self.height, "width": self.width}
+
+
+@serializable
+class PadTokens(tf.keras.layers.Layer):
+    """A patch grid (B, H, W, C) back to a row (B, 1, extra + H*W, C) with zeros in the `extra`
+    leading slots: a grid-only branch (e.g. average pooling) adds nothing to the extra tokens."""
+
+    def __init__(self, *, extra: int, **kwargs):
+        super().__init__(**kwargs)
+        self.extra = int(extra)
+
+    def call(self, x):
+        row = tf.reshape(x, (-1, 1, x.shape[1] * x.shape[2], x.shape[-1]))
+        return tf.pad(row, ((0, 0), (0, 0), (self.extra, 0), (0, 0)))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, self.extra + input_shape[1] * input_shape[2], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "extra": self.extra}
+
+
+def token_row(x: tf.Tensor, *, name: str) -> tf.Tensor:
+    """A (B, H, W, C) grid as one (B, 1, H*W, C) row (a no-op for a row)."""
+    if x.shape[1] == 1:
+        return x
+    return tf.keras.layers.Reshape((1, x.shape[1] * x.shape[2], x.shape[-1]), name=name)(x)
+
+
+@serializable
 class DiagonalShifts(tf.keras.layers.Layer):
     """The image and its 4 diagonal shifts by `shift` pixels, concatenated: C -> 5C channels.
 
