@@ -50,6 +50,19 @@ def load_teacher(run_dir: str, *, input_shape: Tuple[int, ...], num_classes: int
     return teacher
 
 
+DIST_HEAD = "head_dist"  # DeiT's distillation head in a student (edgebvit.models.layers.blocks)
+
+
+def distillation_heads(student: tf.keras.Model):
+    """A model giving (class head, distillation head) logits of `student`, sharing its layers, when
+    the student has DeiT's distillation head; None otherwise."""
+    names = {layer.name for layer in student.layers}
+    if DIST_HEAD not in names or "head" not in names:
+        return None
+    outputs = [student.get_layer("head").output, student.get_layer(DIST_HEAD).output]
+    return tf.keras.Model(student.inputs, outputs, name=f"{student.name}_two_heads")
+
+
 def soft_distillation_loss(student_logits: tf.Tensor, teacher_logits: tf.Tensor,
                            temperature: float = 1.0) -> tf.Tensor:
     """Per-example ``tau^2 * -sum_c softmax(t/tau)_c log softmax(s/tau)_c``.

@@ -89,6 +89,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, verbose: Optio
     """Train `cfg.model` on `cfg.data`, writing everything into `run_dir` (see rundir.py)."""
     run_dir = Path(run_dir)
     cfg.validate()
+    _check_distillation_head(cfg)
     # Multi-worker collectives must be set up before TensorFlow runs any op.
     strategy = make_strategy(cfg.strategy)
     lock = RunLock(run_dir)
@@ -112,6 +113,17 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, verbose: Optio
                             + f"; then continue with `edgebvit train --resume {run_dir}`") from None
     finally:
         lock.release()
+
+
+def _check_distillation_head(cfg: RunConfig) -> None:
+    """A student with DeiT's distillation head needs a teacher: checked before any file is written."""
+    from edgebvit.models.registry import resolve_config
+
+    overrides = {k: v for k, v in cfg.model_overrides.items() if k not in ("input_shape", "num_classes")}
+    if cfg.distill.mode == "none" and getattr(resolve_config(cfg.model, **overrides), "distill_token", False):
+        raise EdgebvitError(f"model {cfg.model} has a distillation head, trained on a teacher's labels: "
+                            "pass --teacher RUN_DIR (DeiT's form also passes distill.mode=hard "
+                            "distill.weight=0.5)")
 
 
 def _check_data_fits_model(cfg: RunConfig, ds: Dataset) -> None:

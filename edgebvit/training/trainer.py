@@ -6,7 +6,7 @@ from typing import Callable, Dict, List, Optional
 import tensorflow as tf
 
 from edgebvit.models.regularizers import oscillation_regularizer
-from edgebvit.training.distill import distillation_loss
+from edgebvit.training.distill import distillation_heads, distillation_loss
 
 
 class Trainer(tf.keras.Model):
@@ -15,6 +15,10 @@ class Trainer(tf.keras.Model):
     Loss = w_ce * CE(labels) + w_kd * distill(teacher) + w_reg * L_re + the student's own losses,
     with the weights held in variables that `LossSchedule` sets at each epoch (the regularizer
     is switched on late, docs/papers.md 2.8). The teacher is frozen and runs with training=False.
+
+    A student with DeiT's distillation head (a layer `head_dist`, docs/papers.md 3.1) is trained as
+    DeiT trains it: the label term on the class head, the distillation term on the distillation
+    head; its output, the mean of the two, is what accuracy (and the saved model) use.
 
     The steps are excluded from AutoGraph: Keras would otherwise convert the whole optimizer and
     distribution machinery on first trace (minutes on 2 cores for a 300-layer model).
@@ -29,6 +33,8 @@ class Trainer(tf.keras.Model):
         self.distill_mode = distill_mode if teacher is not None else "none"
         self.temperature = float(temperature)
         self._reg_kernels = reg_kernels  # a function, so Keras does not track the variables twice
+        heads = distillation_heads(student)  # (class head, distillation head) logits, or None
+        self._two_heads = (lambda x, training: heads(x, training=training)) if heads is not None else None
         weight = dict(trainable=False, dtype=tf.float32, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.w_ce = tf.Variable(1.0, name="w_ce", **weight)
         self.w_kd = tf.Variable(0.0, name="w_kd", **weight)
@@ -48,13 +54,16 @@ class Trainer(tf.keras.Model):
     def call(self, x, training=False):
         return self.student(x, training=training)
 
-    def compute_losses(self, x, y, logits) -> Dict[str, tf.Tensor]:
-        """The loss terms for one batch (replica-local means)."""
+    def compute_losses(self, x, y, logits, dist_logits=None) -> Dict[str, tf.Tensor]:
+        """The loss terms for one batch (replica-local means); `dist_logits`, the distillation
+        head's, take the distillation term when the student has one (else `logits` take both)."""
         ce = tf.reduce_mean(tf.keras.losses.categorical_crossentropy(y, logits, from_logits=True))
         terms = {"ce": ce, "loss": self.w_ce * ce}
         if self.teacher is not None and self.distill_mode != "none":
             teacher_logits = tf.stop_gradient(self.teacher(x, training=False))
-            kd = tf.reduce_mean(distillation_loss(self.distill_mode, logits, teacher_logits, self.temperature))
+            student_logits = logits if dist_logits is None else dist_logits
+            kd = tf.reduce_mean(
+                distillation_loss(self.distill_mode, student_logits, teacher_logits, self.temperature))
             terms["kd"] = kd
             terms["loss"] += self.w_kd * kd
         if self._reg_kernels is not None:
@@ -70,8 +79,13 @@ class Trainer(tf.keras.Model):
         x, y = data
         variables = self.student.trainable_variables
         with tf.GradientTape() as tape:
-            logits = self.student(x, training=True)
-            terms = self.compute_losses(x, y, logits)
+            if self._two_heads is None:
+                logits = self.student(x, training=True)
+                terms = self.compute_losses(x, y, logits)
+            else:
+                cls_logits, dist_logits = self._two_heads(x, training=True)
+                terms = self.compute_losses(x, y, cls_logits, dist_logits)
+                logits = (cls_logits + dist_logits) / 2.0  # the student's output, as it infers
             # Replica gradients are summed by the optimizer: scale each replica's mean loss.
             scaled = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
