@@ -213,6 +213,9 @@ def prob_levels(core) -> Optional[ProbLevels]:
         return ProbLevels(thresholds=np.full((h, 1), alpha / 2.0), scale=np.full(h, alpha))
     if isinstance(core, QDAttention):
         q = core.quantizer
+        if core.qd_form == "gsb":
+            raise ModelError(f"{core.name}: GSB attention has no fixed integer thresholds (its masks "
+                             "follow each row's maximum); export it with --integer none")
         s = core.levels
         h = core.num_heads
         if isinstance(q, QDThermometer):

@@ -12,6 +12,10 @@ A four-stage pyramid on an NHWC token grid (B, H, W, C):
 * between stages: binary 2x2/2 patch merging (or float, the paper's "dagger" variants);
 * head: BN, global average pool, float linear.
 
+The official code's two further switches are config fields here: `qd_form="gsb"` (`--gsb`, the
+GSB attention quantizer in place of QD, docs/papers.md 2.6) and `recu=True` (`--recu`, ReCU's
+weight gradient in the linear layers; the official convs ignore the flag, so do ours; section 0).
+
 What stays float in the LCE flatbuffer, and why (docs/papers.md 4.3): the stem, the classifier and the
 float-downsampling convs (real-valued by design); the attention matmuls Q.K^T and P.V (LCE has no
 binary matmul; +-1 and 2-bit operands run as float BATCH_MATMUL); softmax and the QD quantizer
@@ -67,11 +71,13 @@ class BHViTConfig:
     msgdc_branch_residual: bool = False  # the paper's "+X" inside each branch; the code has none
     msgdc_pad_values: float = 0.0  # official: zero-pad the +-1 input; 1.0 = LCE's fast path
     grouped_conv_form: str = "auto"  # "grouped" | "split" | "auto" (grouped iff 32k ch/group)
-    qd_form: str = "lsq"  # "lsq": official learnable per-head 2-bit; "fixed": paper thermometer
+    qd_form: str = "lsq"  # "lsq": official learnable per-head 2-bit; "fixed": paper thermometer;
+    # "gsb": the official --gsb alternative (GSB_Attention: base mask + two row-maximum masks)
     qd_levels: int = 3  # s = 2^n - 1 with n = 2 bits
     shift3: bool = True  # 3-tap circular shift branches (official --shift3)
     shift5: bool = True  # 5-tap circular shift branches (official --shift5)
     fp_downsample: bool = False  # True: float patch merging (the paper's "dagger" variants)
+    recu: bool = False  # official --recu: ReCU weight gradient in the linears (q, k, v, dense, fc1, fc2)
 
     def validate(self) -> None:
         """Raise ModelError (one line) for a configuration that cannot build."""
@@ -233,9 +239,9 @@ def msmha(xn: tf.Tensor, cfg: BHViTConfig, stage: int, *, name: str) -> tf.Tenso
     binary output projection (residual, BN, RPReLU, LayerScale 0.1)."""
     c = xn.shape[-1]
     tokens = token_for_attention(xn, cfg, name=f"{name}_tfa")
-    q_pre = L.binary_linear(tokens, c, name=f"{name}_query")
-    k_pre = L.binary_linear(tokens, c, name=f"{name}_key")
-    v_pre = L.binary_linear(tokens, c, name=f"{name}_value")
+    q_pre = L.binary_linear(tokens, c, recu=cfg.recu, name=f"{name}_query")
+    k_pre = L.binary_linear(tokens, c, recu=cfg.recu, name=f"{name}_key")
+    v_pre = L.binary_linear(tokens, c, recu=cfg.recu, name=f"{name}_value")
     q = L.BinarySign(name=f"{name}_q_sign")(q_pre)
     k = L.BinarySign(name=f"{name}_k_sign")(k_pre)
     v = L.BinarySign(name=f"{name}_v_sign")(v_pre)
@@ -245,7 +251,7 @@ def msmha(xn: tf.Tensor, cfg: BHViTConfig, stage: int, *, name: str) -> tf.Tenso
     ctx = tf.keras.layers.Add(name=f"{name}_ctx_res")([ctx, q_pre, k_pre, v_pre])
     ctx = L.RPReLU(name=f"{name}_ctx_rprelu")(ctx)
     y = L.TokenSplit(window=cfg.window_size, height=xn.shape[1], width=xn.shape[2], name=f"{name}_split")(ctx)
-    out = L.binary_linear(y, c, name=f"{name}_dense")
+    out = L.binary_linear(y, c, recu=cfg.recu, name=f"{name}_dense")
     return L.LayerScale(init_scale=0.1, name=f"{name}_ls")(out)
 
 
@@ -260,7 +266,8 @@ def block(x: tf.Tensor, cfg: BHViTConfig, stage: int, *, name: str) -> tf.Tensor
     )
     x = tf.keras.layers.Add(name=f"{name}_mix_res")([x, mixed])
     xn2 = L.batch_norm(f"{name}_norm_after")(x)
-    terms = [x, L.mlp(xn2, cfg.mlp_ratios[stage], name=f"{name}_mlp"), *shift_branches(xn2, cfg, name=f"{name}_shift")]
+    mlp = L.mlp(xn2, cfg.mlp_ratios[stage], recu=cfg.recu, name=f"{name}_mlp")
+    terms = [x, mlp, *shift_branches(xn2, cfg, name=f"{name}_shift")]
     return tf.keras.layers.Add(name=f"{name}_out")(terms)
 
 
@@ -334,3 +341,7 @@ _register("bhvit_tiny_32", TINY_32, tags=("32x32",),
           description="BHViT-Tiny widths/depths for 32x32 images (2x2 stem, window 2), 10 classes")
 _register("bhvit_small_32", SMALL_32, tags=("32x32",),
           description="BHViT-Small widths/depths for 32x32 images (2x2 stem, window 2), 10 classes")
+_register("bhvit_tiny_32_gsb", BHViTConfig(**_SMALL_IMAGE, qd_form="gsb"), tags=("32x32",),
+          description="bhvit_tiny_32 with the official --gsb attention quantizer (GSB_Attention) instead of QD")
+_register("bhvit_tiny_32_recu", BHViTConfig(**_SMALL_IMAGE, recu=True), tags=("32x32",),
+          description="bhvit_tiny_32 with the official --recu weight binarisation (ReCU) in its linear layers")

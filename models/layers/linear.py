@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from edgebvit.models.layers.base import batch_norm, serializable, trunc_normal
 from edgebvit.models.layers.elementwise import LearnableBias, RPReLU, channel_shortcut
-from edgebvit.models.layers.quantizers import ApproxSign, QuantConv2D, ScaledSign
+from edgebvit.models.layers.quantizers import ApproxSign, QuantConv2D, ReCUSign, ScaledSign
 
 
 def binary_conv(
@@ -25,12 +25,14 @@ def binary_conv(
     dilation_rate: int = 1,
     groups: int = 1,
     centre: bool = True,
+    recu: bool = False,
 ) -> QuantConv2D:
     """A binary conv LCE converts to `LceBconv2d`: ApproxSign inputs, ScaledSign weights, no bias.
 
     ApproxSign is the Bi-Real piecewise-quadratic sign gradient both official repos use; its
     forward is larq's sign, which LCE's converter recognises. No bias: the BN after it carries one
-    and fuses into the bconv's post-activation bias.
+    and fuses into the bconv's post-activation bias. `recu` swaps in ReCU's gradient (`ReCUSign`,
+    BHViT's `--recu`; its weights are always centred), with the same forward values.
     """
     return QuantConv2D(
         filters,
@@ -41,7 +43,7 @@ def binary_conv(
         dilation_rate=dilation_rate,
         groups=groups,
         input_quantizer=ApproxSign(),
-        kernel_quantizer=ScaledSign(centre=centre),
+        kernel_quantizer=ReCUSign() if recu else ScaledSign(centre=centre),
         kernel_constraint=None,  # the official code clips nothing; the STE mask does the job
         kernel_initializer=trunc_normal(0.02),
         use_bias=False,
@@ -57,6 +59,7 @@ def binary_linear(
     residual: bool = True,
     activation: bool = True,
     centre: bool = True,
+    recu: bool = False,
 ) -> tf.Tensor:
     """``RPReLU(BN(BinLinear(sign(x + b))) + shortcut(x))`` on an (B, H, W, C) token grid.
 
@@ -66,7 +69,7 @@ def binary_linear(
     from breaking float-rounding ties around 0 differently (measured by the export tests).
     """
     h = LearnableBias(name=f"{name}_move")(x)
-    h = binary_conv(out_channels, 1, name=name, centre=centre)(h)
+    h = binary_conv(out_channels, 1, name=name, centre=centre, recu=recu)(h)
     h = batch_norm(f"{name}_bn")(h)
     if residual:
         h = tf.keras.layers.Add(name=f"{name}_res")([h, channel_shortcut(x, out_channels, name=name)])
@@ -99,10 +102,12 @@ def float_linear(
     return h
 
 
-def token_linear(x: tf.Tensor, out_channels: int, *, binary: bool, name: str) -> tf.Tensor:
-    """`binary_linear` or its float twin, chosen by `binary`."""
-    fn = binary_linear if binary else float_linear
-    return fn(x, out_channels, name=name)
+def token_linear(x: tf.Tensor, out_channels: int, *, binary: bool, name: str,
+                 recu: bool = False) -> tf.Tensor:
+    """`binary_linear` (ReCU's weight gradient with `recu`) or its float twin, chosen by `binary`."""
+    if binary:
+        return binary_linear(x, out_channels, name=name, recu=recu)
+    return float_linear(x, out_channels, name=name)
 
 
 @serializable

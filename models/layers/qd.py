@@ -1,5 +1,6 @@
 """BHViT's quantization-decomposition (QD) attention (docs/papers.md 2.6): softmax probabilities
-quantized to 2 bits, per head (the official LSQ form) or by the paper's fixed thermometer code."""
+quantized to 2 bits, per head (the official LSQ form) or by the paper's fixed thermometer code, or
+by the official code's alternative `--gsb` (`GSB_Attention`: a base mask and two row-maximum masks)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,8 @@ import tensorflow as tf
 from edgebvit.models.layers.attention import scaled_dot_product
 from edgebvit.models.layers.base import serializable
 
-QD_FORMS = ("lsq", "fixed")
+QD_FORMS = ("lsq", "fixed", "gsb")
+GSB_EPS = 1e-5  # the official clamp of the three scales
 
 
 @serializable
@@ -106,12 +108,67 @@ class QDLsq(tf.keras.layers.Layer):
         return {**super().get_config(), "num_heads": self.num_heads, "levels": self.levels}
 
 
+def _gsb(p: tf.Tensor, alpha: tf.Tensor, alpha2: tf.Tensor, alpha3: tf.Tensor) -> tf.Tensor:
+    """`GSB_Attention.forward` / `.backward` of the official code (docs/papers.md 2.6), on P."""
+
+    @tf.custom_gradient
+    def fn(p, alpha, alpha2, alpha3):
+        q_raw = p / alpha  # the official code divides by alpha before clamping it
+        base = tf.clip_by_value(tf.round(q_raw), 0.0, 1.0)  # torch.round: half to even, as tf.round
+        row_max = tf.reduce_max(q_raw, axis=-1, keepdims=True)
+        t2 = tf.cast(q_raw > 0.9 * row_max, p.dtype)
+        t1_all = tf.cast(q_raw > 0.7 * row_max, p.dtype)
+        t0, t1 = base - t1_all, t1_all - t2
+        a, a2, a3 = (tf.maximum(v, GSB_EPS) for v in (alpha, alpha2, alpha3))
+        value = t0 + t1 * a2 + t2 * a3
+
+        def grad(dy):
+            q = p / a
+            middle = tf.cast((q >= 0.0) & (q <= 1.0), p.dtype)
+            one_h = 1.0 - middle * q
+            d_alpha = tf.reduce_sum((t0 + a2 * t1 + a3 * t2) * one_h * dy)
+            d_alpha2 = tf.reduce_sum(a * t1 * dy)
+            d_alpha3 = tf.reduce_sum(a * t2 * dy)
+            return a * value * dy, d_alpha, d_alpha2, d_alpha3
+
+        return value * a, grad
+
+    return fn(p, alpha, alpha2, alpha3)
+
+
+@serializable
+class GSBQuantizer(tf.keras.layers.Layer):
+    """BHViT's `GSB_Attention` (official `--gsb`, from the authors' earlier GSB work), on the softmax P.
+
+    Three learnable scalars, shared by the heads: alpha = 0.005, alpha2 = alpha3 = 1. With
+    ``q = P / alpha``: a base mask ``round(q)`` clipped to [0, 1] (i.e. P > alpha / 2), and masks
+    ``T1 = [q > 0.7 max_row q]``, ``T2 = [q > 0.9 max_row q]`` (row = the key axis). Output
+    ``alpha (T0 + alpha2 (T1 - T2) + alpha3 T2)`` with ``T0 = base - T1``, the scales clamped
+    below at 1e-5: four levels {0, alpha, alpha alpha2, alpha alpha3} chosen per row. Gradient as
+    the official autograd function: the output value times the incoming gradient for P (none
+    through the masks or the row maximum); plain sums for the scales, no LSQ scaling.
+    The masks depend on the row maximum, so the probabilities have no fixed integer thresholds:
+    `export --integer attention` refuses a GSB model.
+    """
+
+    def build(self, input_shape):
+        init = tf.keras.initializers.Constant
+        self.alpha = self.add_weight(name="alpha", shape=(), initializer=init(0.005))
+        self.alpha2 = self.add_weight(name="alpha2", shape=(), initializer=init(1.0))
+        self.alpha3 = self.add_weight(name="alpha3", shape=(), initializer=init(1.0))
+        super().build(input_shape)
+
+    def call(self, p):
+        return _gsb(p, *(tf.convert_to_tensor(v) for v in (self.alpha, self.alpha2, self.alpha3)))
+
+
 @serializable
 class QDAttention(tf.keras.layers.Layer):
     """Multi-head attention within each row of a (B, R, T, C) tensor (R windows of T tokens).
 
     Inputs are the binarized Q, K, V (+-1); ``P = softmax(Q K^T / sqrt(d))`` is quantized by QD
-    (`qd_form` "lsq" or "fixed") and the context ``P_q V`` is returned as (B, R, T, C).
+    (`qd_form` "lsq" or "fixed"; "gsb": the official `--gsb` quantizer instead of QD) and the
+    context ``P_q V`` is returned as (B, R, T, C).
     Both matmuls stay float BATCH_MATMUL in LCE (no binary matmul op exists).
     """
 
@@ -130,6 +187,8 @@ class QDAttention(tf.keras.layers.Layer):
         self.head_dim = c // self.num_heads
         if self.qd_form == "lsq":
             self.quantizer = QDLsq(num_heads=self.num_heads, levels=self.levels, name="qd")
+        elif self.qd_form == "gsb":
+            self.quantizer = GSBQuantizer(name="gsb")
         else:
             self.quantizer = QDThermometer(levels=self.levels, name="qd")
         super().build(input_shape)

@@ -1,6 +1,7 @@
 """Weight quantizers and the model surgery training does on them (docs/papers.md 0, 3).
 
-`ScaledSign` is the binary weight quantizer of both official repositories. The functions below
+`ScaledSign` is the binary weight quantizer of both official repositories, `ReCUSign` BHViT's
+optional `--recu` form of it (same forward, ReCU's gradient). The functions below
 it are what the trainer calls on a built model instead of rewriting quantizers from outside:
 
 * `binary_layers` / `binary_latent_kernels`: walk the 1-bit layers and their float latent weights;
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from typing import Callable, List, Sequence
 
 import larq as lq
@@ -118,6 +120,63 @@ class ScaledSign(lq.quantizers.Quantizer):
 
     def get_config(self):
         return {**super().get_config(), "centre": self.centre, "ste_mask": self.ste_mask}
+
+
+def recu_clip(w: tf.Tensor, tau: float) -> tf.Tensor:
+    """ReCU's latent weight for the straight-through gradient, as the official BHViT linears:
+    centred and standardised per output channel to standard deviation 2*sqrt(2) (unbiased
+    variance, eps 1e-5), then clipped at ``Q_tau = -mean|W_s| ln(2 - 2 tau)`` (mean over the
+    whole kernel, no gradient through it)."""
+    axes = list(range(len(w.shape) - 1))
+    n = 1
+    for d in w.shape[:-1]:
+        n *= int(d)
+    wc = w - tf.reduce_mean(w, axis=axes, keepdims=True)
+    var = tf.reduce_sum(tf.square(wc), axis=axes, keepdims=True) / float(max(n - 1, 1))
+    ws = wc / (tf.sqrt(var + 1e-5) / 2.0 / math.sqrt(2.0))
+    q_tau = tf.stop_gradient(-tf.reduce_mean(tf.abs(ws)) * math.log(2.0 - 2.0 * tau))
+    return tf.clip_by_value(ws, -q_tau, q_tau)
+
+
+@serializable
+class ReCUSign(lq.quantizers.Quantizer):
+    """ReCU weight binarizer (Xu et al., "ReCU: Reviving the Dead Weights in Binary Neural
+    Networks", ICCV 2021) in the form of BHViT's `--recu` linear layers (docs/papers.md 0).
+
+    Forward: ``alpha_o * sign(W - mean_o(W))`` with ``alpha_o = mean_o |W|`` of the uncentred
+    weights, detached: the values of `ScaledSign(centre=True)`, so LCE folds it to +-alpha per
+    output channel all the same. Backward: the gradient of `recu_clip` (standardised weights
+    clipped at the tau-quantile of their Laplace fit, tau fixed at 0.92 as the official code,
+    which has no tau schedule), not scaled by alpha, as the official ``b.detach() - c.detach() + c``.
+    """
+
+    precision = 1
+
+    def __init__(self, *, tau: float = 0.92, **kwargs):
+        super().__init__(**kwargs)
+        self.tau = float(tau)
+
+    def call(self, inputs):
+        axes = list(range(len(inputs.shape) - 1))
+        alpha = tf.stop_gradient(tf.reduce_mean(tf.abs(inputs), axis=axes, keepdims=True))
+        tau = self.tau
+
+        @tf.custom_gradient
+        def binarize(w):
+            wc = w - tf.reduce_mean(w, axis=axes, keepdims=True)
+
+            def grad(dy):
+                with tf.GradientTape() as tape:
+                    tape.watch(w)
+                    clipped = recu_clip(w, tau)
+                return tape.gradient(clipped, w, output_gradients=dy)
+
+            return alpha * lq.math.sign(wc), grad
+
+        return binarize(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "tau": self.tau}
 
 
 # --------------------------------------------------------------------------------------------
