@@ -65,21 +65,22 @@ def command(pattern: str, role: str, family: str, tag: str, no_counts: bool, ref
         click.echo(json.dumps(rows, indent=2))
         return
     sys.stdout.flush()
+    w = max([34, *(len(r["name"]) for r in rows)])  # the name column fits the longest name
     if no_counts:
-        click.echo(f"{'name':<34} {'family':<9} {'role':<8} {'input':<12} {'paper top-1':>11}  description")
+        click.echo(f"{'name':<{w}} {'family':<9} {'role':<8} {'input':<12} {'paper top-1':>11}  description")
         for r in rows:
             top1 = f"{r['paper_top1']:.1f}" if r["paper_top1"] is not None else "-"
-            click.echo(f"{r['name']:<34} {r['family']:<9} {r['role']:<8} {'x'.join(map(str, r['input_shape'])):<12} "
+            click.echo(f"{r['name']:<{w}} {r['family']:<9} {r['role']:<8} {'x'.join(map(str, r['input_shape'])):<12} "
                        f"{top1:>11}  {r['description']}")
         return
-    header = (f"{'name':<34} {'family':<9} {'role':<8} {'input':<12} {'bin params':>10} {'fp params':>10} "
+    header = (f"{'name':<{w}} {'family':<9} {'role':<8} {'input':<12} {'bin params':>10} {'fp params':>10} "
               f"{'bin MACs':>9} {'fp MACs':>9} {'bin MAC %':>9} {'paper top-1':>11}")
     click.echo(header)
     click.echo("-" * len(header))
     for r in rows:
         top1 = f"{r['paper_top1']:.1f}" if r["paper_top1"] is not None else "-"
         click.echo(
-            f"{r['name']:<34} {r['family']:<9} {r['role']:<8} {'x'.join(map(str, r['input_shape'])):<12} "
+            f"{r['name']:<{w}} {r['family']:<9} {r['role']:<8} {'x'.join(map(str, r['input_shape'])):<12} "
             f"{human_count(r['binary_params']):>10} {human_count(r['float_params']):>10} "
             f"{human_count(r['binary_macs']):>9} {human_count(r['float_macs']):>9} "
             f"{100 * r['binary_mac_share']:>8.1f}% {top1:>11}"
