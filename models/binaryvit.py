@@ -26,8 +26,8 @@ wherever the two families mean the same thing.
 Two heads from the literature the papers build on (docs/papers.md 3.1):
 
 * `distill_token=True`: DeiT's distillation token (Touvron et al. 2021a, section 4): a second
-  learned token with its own head, trained on the teacher's hard labels; at inference the two
-  heads' logits are averaged. On an isotropic model it enters at the stem, beside the class
+  learned token with its own head, trained on the teacher (its hard labels with DeiT's
+  `distill.mode=hard`, its softmax with `soft`); at inference the two heads' logits are averaged. On an isotropic model it enters at the stem, beside the class
   token (head="cls") or beside the patch tokens of an average-pooled model (head="gap"), and goes
   through every block; in a model with class attention it enters with the class token there.
 * `head="class_attention"`: CaiT's class attention (Touvron et al. 2021b, section 3.2): the trunk
@@ -64,7 +64,7 @@ class BinaryViTConfig:
     head: str = "gap"  # "cls": class token (ladder row 1); "gap": mean of the final tokens;
     # "class_attention": CaiT's class-attention blocks at the end read the class token
     class_attention_depth: int = 2  # class-attention blocks (CaiT uses 2) when head="class_attention"
-    distill_token: bool = False  # DeiT's distillation token and head (teacher's hard labels)
+    distill_token: bool = False  # DeiT's distillation token and head (trained on the teacher)
     pool_branches: Tuple[int, ...] = (3, 5)  # 1xk and kx1 average-pool branches on the MLP input
     layerscale: bool = True  # affine (a=0.1) before each residual add
     fp_downsample: bool = False  # full-precision patch merging between stages (BinaryViT*)
@@ -399,7 +399,7 @@ _register("vit_deit_s_224_fp", description="full-precision twin of binaryvit_dei
           role="teacher", tags=("imagenet",), binary=False, **DEIT_S)
 
 # The literature's heads (docs/papers.md 3.1): DeiT's distillation token, CaiT's class attention.
-_register("binaryvit_tiny_32_distill", description="binaryvit_tiny_32 + DeiT distillation token from the stem and its head (teacher's hard labels)",
+_register("binaryvit_tiny_32_distill", description="binaryvit_tiny_32 + DeiT distillation token from the stem and its head (trained on the teacher)",
           tags=("32x32", "literature"), distill_token=True, **TINY_32, **ROW4_AFFINE)
 _register("binaryvit_tiny_32_cls_distill", description="binaryvit_tiny_32_cls + DeiT distillation token: class and distillation tokens, two heads",
           tags=("32x32", "literature"), distill_token=True, **TINY_32, **ROW1_CLS)

@@ -83,14 +83,20 @@ def test_class_attention_queries_only_the_tokens_and_leaves_the_patches_frozen()
     assert model.get_layer("ca1_out").output.shape[1:] == (1, 2, 32)
     # The trunk has no class token: the patches leaving the last block feed both CA blocks unchanged.
     assert not any(l.name in ("cls_token", "dist_token") for l in model.layers)
-    patches = model.get_layer("ca_patches").output
+    # The patches leaving the trunk feed the tokens' creation and both blocks' concat, nothing else:
+    # no block updates them.
+    patches = model.get_layer("ca_patches")
+    consumers = {node.outbound_layer.name for node in patches._outbound_nodes}
+    assert consumers == {"ca_tokens", "ca0_concat", "ca1_concat"}
     for block in ("ca0", "ca1"):
-        assert model.get_layer(f"{block}_concat").input[1] is patches
-    # The class token's prediction depends on the image only through the patches.
+        assert model.get_layer(f"{block}_concat").input[1] is patches.output
+    # The class-attention output depends on the image: the tokens attend to the patches.
     x = _x()
-    out1 = model(x, training=False).numpy()
-    out2 = model(x[::-1], training=False).numpy()
-    np.testing.assert_allclose(out1[::-1], out2, rtol=1e-5, atol=1e-5)
+    with tf.GradientTape() as tape:
+        xt = tf.constant(x)
+        tape.watch(xt)
+        tokens = tf.keras.Model(model.inputs, model.get_layer("ca1_out").output)(xt, training=False)
+    assert float(tf.reduce_max(tf.abs(tape.gradient(tokens, xt)))) > 0
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -123,12 +129,16 @@ def test_trainer_gives_the_label_to_the_class_head_and_the_teacher_to_the_distil
     np.testing.assert_allclose(float(terms["ce"]), ce, rtol=1e-5)
     np.testing.assert_allclose(float(terms["kd"]), kd, rtol=1e-5)
     np.testing.assert_allclose(float(terms["loss"]), 0.5 * ce + 0.5 * kd, rtol=1e-5)
-    # A training step moves both heads.
-    trainer.compile(optimizer=tf.keras.optimizers.legacy.Adam(1e-2))
-    before = [student.get_layer(n).kernel.numpy().copy() for n in ("head", "head_dist")]
-    trainer.train_on_batch(x, y)
-    after = [student.get_layer(n).kernel.numpy() for n in ("head", "head_dist")]
-    assert all(not np.array_equal(a, b) for a, b in zip(after, before))
+    # The train step routes the terms: with the teacher's weight at 0 only the class head moves,
+    # with the label weight at 0 only the distillation head.
+    trainer.compile(optimizer=tf.keras.optimizers.legacy.SGD(1e-1))
+    for w_ce, w_kd, moves in ((1.0, 0.0, "head"), (0.0, 1.0, "head_dist")):
+        trainer.w_ce.assign(w_ce)
+        trainer.w_kd.assign(w_kd)
+        before = {n: student.get_layer(n).kernel.numpy().copy() for n in ("head", "head_dist")}
+        trainer.train_on_batch(x, y)
+        for n, b in before.items():
+            assert np.array_equal(student.get_layer(n).kernel.numpy(), b) == (n != moves), (w_ce, w_kd, n)
 
 
 def test_distillation_head_without_a_teacher_is_one_line_and_writes_nothing(tmp_path, data):
@@ -139,6 +149,21 @@ def test_distillation_head_without_a_teacher_is_one_line_and_writes_nothing(tmp_
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: model binaryvit_tiny_32_distill has a distillation head"), proc.stderr
     assert "--teacher RUN_DIR" in lines[-1]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("weights,head", [(["distill.weight=1.0"], "class head"),
+                                          (["distill.weight=0.0"], "distillation head")])
+def test_a_head_that_would_never_train_is_refused(tmp_path, data, weights, head):
+    """`--teacher` alone means the papers' soft KD at weight 1: the class head would get no loss."""
+    (tmp_path / "teacher").mkdir()
+    out = tmp_path / "run"
+    proc = run_cli("train", "--model", "binaryvit_tiny_32_distill", "--data", data, "--epochs", "1",
+                   "--teacher", tmp_path / "teacher", *weights, "--out", out)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: model binaryvit_tiny_32_distill: its {head}") and "never train" in last, last
+    assert "distill.weight=0.5" in last
     assert not out.exists()
 
 

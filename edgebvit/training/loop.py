@@ -23,7 +23,7 @@ from edgebvit.errors import EdgebvitError
 from edgebvit.fileio import atomic_write_json
 from edgebvit.models.layers import binary_latent_kernels, fused, install_kernel_switch
 from edgebvit.training.callbacks import (BestModelSaver, FlipRatioLogger, LearningRateLogger, LossSchedule,
-                                         MetricsLogger)
+                                         MetricsLogger, epoch_plan)
 from edgebvit.training.config import RunConfig, describe
 from edgebvit.training.data import Dataset, load_dataset, make_tf_dataset, split_validation, subsample
 from edgebvit.training.distill import load_teacher
@@ -116,14 +116,26 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, verbose: Optio
 
 
 def _check_distillation_head(cfg: RunConfig) -> None:
-    """A student with DeiT's distillation head needs a teacher: checked before any file is written."""
+    """A student with DeiT's distillation head needs a teacher, and both of its heads a non-zero
+    loss weight in every epoch (the class head learns only from the label term, the distillation
+    head only from the teacher's): checked before any file is written."""
     from edgebvit.models.registry import resolve_config
 
     overrides = {k: v for k, v in cfg.model_overrides.items() if k not in ("input_shape", "num_classes")}
-    if cfg.distill.mode == "none" and getattr(resolve_config(cfg.model, **overrides), "distill_token", False):
+    if not getattr(resolve_config(cfg.model, **overrides), "distill_token", False):
+        return
+    deit = "DeiT's form: --teacher RUN_DIR distill.mode=hard distill.weight=0.5"
+    if cfg.distill.mode == "none":
         raise EdgebvitError(f"model {cfg.model} has a distillation head, trained on a teacher's labels: "
-                            "pass --teacher RUN_DIR (DeiT's form also passes distill.mode=hard "
-                            "distill.weight=0.5)")
+                            f"pass a teacher ({deit})")
+    for epoch in range(cfg.epochs):
+        plan = epoch_plan(cfg, epoch)
+        if plan.w_ce <= 0 or plan.w_kd <= 0:
+            head = "class head (label weight" if plan.w_ce <= 0 else "distillation head (teacher weight"
+            weight = plan.w_ce if plan.w_ce <= 0 else plan.w_kd
+            raise EdgebvitError(f"model {cfg.model}: its {head} {weight:g} in epoch {epoch + 1}) would never "
+                                f"train, but inference averages it in; set distill.weight between 0 and 1 "
+                                f"({deit})")
 
 
 def _check_data_fits_model(cfg: RunConfig, ds: Dataset) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from edgebvit.errors import EdgebvitError
-from edgebvit.models.layers import binary_latent_kernels, set_ste_mask
+from edgebvit.models.layers import ReCUSign, binary_latent_kernels, set_ste_mask
 from edgebvit.training.config import RunConfig
 
 
@@ -42,6 +42,10 @@ def make_optimizer(cfg: RunConfig, steps_per_epoch: int, model: tf.keras.Model):
             raise EdgebvitError(f"optimizer bop trains binary kernels, but {cfg.model} has none; use adam")
         if o.weight_decay:
             raise EdgebvitError("optimizer bop does not take weight_decay; set optim.weight_decay=0")
+        if any(isinstance(getattr(layer, "kernel_quantizer", None), ReCUSign) for layer in model.submodules):
+            raise EdgebvitError(f"optimizer bop needs unclipped straight-through gradients, but {cfg.model} uses ReCU "
+                                "(recu=true), which clips them, so minority signs could never flip back; "
+                                "use adam or recu=false")
         set_ste_mask(model, "none")  # see ScaledSign: Bop must reach the minority signs
         return lq.optimizers.CaseOptimizer(
             (lq.optimizers.Bop.is_binary_variable,

@@ -91,9 +91,10 @@ def classifier_head(x: tf.Tensor, num_classes: int, *, pooling: str = "gap", dis
     `distill` adds DeiT's distillation head (Touvron et al. 2021, "Training data-efficient image
     transformers", 4): a second float linear `head_dist` on the distillation token (the row's
     token 1 after a class token, token 0 in an average-pooled row), and the output is the mean of
-    the two heads' logits, as DeiT infers. The trainer reads both heads by name to give the
-    distillation head the teacher's labels. `extra_tokens` / `grid`: a "gap" row that starts
-    with that many non-patch tokens averages only its (height, width) patch grid.
+    the two heads' logits, as DeiT infers. The trainer reads both heads by name to train the
+    distillation head on the teacher and the class head on the labels. `extra_tokens` / `grid`:
+    a "gap" row that starts with that many non-patch tokens averages only its (height, width)
+    patch grid.
     """
     if pooling not in HEAD_POOLINGS:
         raise ValueError(f"pooling must be one of {HEAD_POOLINGS}, got {pooling!r}")

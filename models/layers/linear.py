@@ -34,6 +34,8 @@ def binary_conv(
     and fuses into the bconv's post-activation bias. `recu` swaps in ReCU's gradient (`ReCUSign`,
     BHViT's `--recu`; its weights are always centred), with the same forward values.
     """
+    if recu and not centre:
+        raise ValueError(f"{name}: ReCU always centres the weights; recu=True needs centre=True")
     return QuantConv2D(
         filters,
         kernel_size,

@@ -144,7 +144,9 @@ class GSBQuantizer(tf.keras.layers.Layer):
     ``q = P / alpha``: a base mask ``round(q)`` clipped to [0, 1] (i.e. P > alpha / 2), and masks
     ``T1 = [q > 0.7 max_row q]``, ``T2 = [q > 0.9 max_row q]`` (row = the key axis). Output
     ``alpha (T0 + alpha2 (T1 - T2) + alpha3 T2)`` with ``T0 = base - T1``, the scales clamped
-    below at 1e-5: four levels {0, alpha, alpha alpha2, alpha alpha3} chosen per row. Gradient as
+    below at 1e-5: the levels {0, alpha, alpha alpha2, alpha alpha3}, chosen per row. As in the
+    official code T0 is -1 where P > 0.7 max_row P but P <= alpha / 2 (rows whose maximum is
+    below about 0.71 alpha), which adds alpha (alpha2 - 1) and alpha (alpha3 - 1). Gradient as
     the official autograd function: the output value times the incoming gradient for P (none
     through the masks or the row maximum); plain sums for the scales, no LSQ scaling.
     The masks depend on the row maximum, so the probabilities have no fixed integer thresholds:

@@ -154,6 +154,9 @@ class ReCUSign(lq.quantizers.Quantizer):
 
     def __init__(self, *, tau: float = 0.92, **kwargs):
         super().__init__(**kwargs)
+        if not 0.5 < float(tau) < 1.0:
+            raise ValueError(f"ReCU's tau must lie in (0.5, 1), where its clip -mean|W| ln(2 - 2 tau) "
+                             f"is positive; got {tau}")
         self.tau = float(tau)
 
     def call(self, inputs):
