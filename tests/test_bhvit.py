@@ -47,7 +47,7 @@ def test_reimport_is_idempotent():
 
 @pytest.mark.parametrize("overrides, fragment", [
     (dict(window_size=5), "not a multiple of window_size"),
-    (dict(qd_form="gsb"), "qd_form"),
+    (dict(qd_form="ternary"), "qd_form"),
     (dict(grouped_conv_form="depthwise"), "grouped_conv_form"),
     (dict(input_shape=(100, 100, 3)), "must be a multiple of"),
     (dict(depths=(2, 2, 6)), "depths has 3 entries"),
