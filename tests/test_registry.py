@@ -29,7 +29,10 @@ def test_both_families_share_one_vocabulary():
 
 def test_filters_by_family_role_and_tag():
     assert set(zoo.families()) == {"binaryvit", "bhvit", "cnn"}
-    assert zoo.list_models(family="bhvit", tag="32x32") == ["bhvit_tiny_32", "bhvit_small_32"]
+    assert zoo.list_models(family="bhvit", tag="32x32") == ["bhvit_tiny_32", "bhvit_small_32", "bhvit_tiny_32_gsb",
+                                                            "bhvit_tiny_32_recu"]
+    literature = zoo.list_models(tag="literature")
+    assert literature and all(zoo.get_model_info(n).family == "binaryvit" for n in literature)
     ladder = zoo.list_models("binaryvit_deit_s*", tag="ladder")
     assert ladder == ["binaryvit_deit_s_cls_224", "binaryvit_deit_s_gap_224", "binaryvit_deit_s_pool_224",
                       "binaryvit_deit_s_224"]
