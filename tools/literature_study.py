@@ -11,7 +11,9 @@ run is exported to an LCE flatbuffer whose parity gate runs on all 10,000 test i
 table gives the flatbuffer's test accuracy beside Keras's. Every step is the public CLI; a study
 that is interrupted resumes where it stopped (finished runs and exports are kept).
 
-Writes STUDY/table.md and STUDY/table.csv.
+Runs live in STUDY/<model>/seed<S> (`--seeds 0 1 2` repeats every student over seeds, the teacher
+is trained once, with the first seed); writes STUDY/table.md (mean +- sample std over seeds) and
+STUDY/table.csv (one row per run).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import argparse
 import csv
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -67,7 +70,7 @@ def test_set(path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def row(run_dir: Path, model: str) -> dict:
+def row(run_dir: Path, model: str, seed: int) -> dict:
     import edgebvit  # noqa: F401
     from edgebvit.models.profile import zoo_stats
 
@@ -78,6 +81,7 @@ def row(run_dir: Path, model: str) -> dict:
     stats = zoo_stats(model, input_shape=(32, 32, 1), num_classes=10)
     return {
         "model": model,
+        "seed": seed,
         "binary_params": stats.binary_params,
         "float_params": stats.float_params,
         "binary_macs": macs["by_precision"]["binary"],
@@ -100,46 +104,58 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-train-samples", type=int, default=12000)
     ap.add_argument("--teacher-epochs", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--lr", default="2e-3")
     ap.add_argument("--models", nargs="+", default=STUDENTS)
     opts = ap.parse_args()
     study = opts.out
     study.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    data = ["--data", "fashion_mnist", "--max-train-samples", str(opts.max_train_samples), "--batch-size", "128",
-            "--seed", str(opts.seed)]
+    data = ["--data", "fashion_mnist", "--max-train-samples", str(opts.max_train_samples), "--batch-size", "128"]
     teacher = study / "teacher"
-    train(teacher, TEACHER, [*data, "--epochs", str(opts.teacher_epochs)])
+    train(teacher, TEACHER, [*data, "--seed", str(opts.seeds[0]), "--epochs", str(opts.teacher_epochs)])
     budget = [*data, "--epochs", str(opts.epochs), "--lr", opts.lr]
     distill = ["--teacher", str(teacher), "distill.mode=hard", "distill.weight=0.5"]
     tests = study / "test_set.npz"
     test_set(tests)
     rows = []
-    for model in opts.models:
-        run_dir = study / model
-        train(run_dir, model, budget, distill)
-        if not (run_dir / "model.export.json").is_file() or not (run_dir / "model.tflite").is_file():
-            cli("export", str(run_dir), "--tflite", "--parity-data", str(tests), "--parity-images", "10000")
-        rows.append(row(run_dir, model))
+    for seed in opts.seeds:
+        for model in opts.models:
+            run_dir = study / model / f"seed{seed}"
+            train(run_dir, model, [*budget, "--seed", str(seed)], distill)
+            if not (run_dir / "model.export.json").is_file() or not (run_dir / "model.tflite").is_file():
+                cli("export", str(run_dir), "--tflite", "--parity-data", str(tests), "--parity-images", "10000")
+            rows.append(row(run_dir, model, seed))
     with (study / "table.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+    def spread(values) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.2f}%"
+        return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}%"
+
     head = ("| model | params binary / float | MACs binary / float / attention | flatbuffer | operators | "
-            "Keras test | flatbuffer test | agreement | train s |")
-    lines = [head, "|" + "---|" * 9]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['binary_params'] / 1e6:.2f} M / {r['float_params'] / 1e3:.1f} k | "
-                     f"{r['binary_macs'] / 1e6:.1f} M / {r['float_macs'] / 1e6:.2f} M / {r['attention_macs'] / 1e6:.2f} M | "
-                     f"{r['flatbuffer_kib']} KiB | {r['operators']} | {r['keras_test_accuracy']:.2f}% | "
-                     f"{r['flatbuffer_test_accuracy']:.2f}% | {r['top1_agreement']:.2f}% | {r['train_seconds']} |")
+            "Keras test | flatbuffer test | agreement (lowest) |")
+    lines = [head, "|" + "---|" * 8]
+    for model in opts.models:
+        runs = [r for r in rows if r["model"] == model]
+        r = runs[0]
+        lines.append(
+            f"| {model} | {r['binary_params'] / 1e6:.2f} M / {r['float_params'] / 1e3:.1f} k | "
+            f"{r['binary_macs'] / 1e6:.1f} M / {r['float_macs'] / 1e6:.2f} M / {r['attention_macs'] / 1e6:.2f} M | "
+            f"{r['flatbuffer_kib']} KiB | {r['operators']} | {spread([x['keras_test_accuracy'] for x in runs])} | "
+            f"{spread([x['flatbuffer_test_accuracy'] for x in runs])} | "
+            f"{min(x['top1_agreement'] for x in runs):.2f}% |")
     t_acc = json.loads((teacher / "summary.json").read_text())["test_accuracy"]
+    seeds = ", ".join(map(str, opts.seeds))
     lines.append("")
     lines.append(f"Budget: {opts.max_train_samples} Fashion-MNIST training images, {opts.epochs} epochs, batch 128, "
-                 f"lr {opts.lr}, seed {opts.seed}; DeiT hard distillation (weight 0.5) from {TEACHER} "
-                 f"({opts.teacher_epochs} epochs, test accuracy {t_acc:.2%}). Test accuracies on all "
-                 f"{rows[0]['test_images']} test images. Study wall time {time.perf_counter() - start:.0f} s.")
+                 f"lr {opts.lr}, seeds {seeds} (mean +- sample std); DeiT hard distillation (weight 0.5) from "
+                 f"{TEACHER} ({opts.teacher_epochs} epochs, test accuracy {t_acc:.2%}). Test accuracies on all "
+                 f"{rows[0]['test_images']} test images; sizes and counts of the first seed's run. "
+                 f"This invocation took {time.perf_counter() - start:.0f} s.")
     (study / "table.md").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
 
