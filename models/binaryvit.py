@@ -172,6 +172,27 @@ def quantize_activation(x: tf.Tensor, cfg: BinaryViTConfig, *, name: str) -> tf.
     return L.BinarySign(name=name)(x) if cfg.binary else x
 
 
+def attend(q_pre: tf.Tensor, k_pre: tf.Tensor, v_pre: tf.Tensor, residuals, cfg: BinaryViTConfig, spec: StageSpec,
+           *, lsa: bool, name: str) -> tf.Tensor:
+    """What both attention forms share after their q/k/v linears (docs/papers.md 1.3): signs,
+    the attention core, BN, the pre-activation residuals (`residuals`: q/k/v pre-activations
+    on the query tokens), RPReLU, the binary output projection and LayerScale."""
+    q = quantize_activation(q_pre, cfg, name=f"{name}_q_sign")
+    k = quantize_activation(k_pre, cfg, name=f"{name}_k_sign")
+    v = quantize_activation(v_pre, cfg, name=f"{name}_v_sign")
+    prob_quant = cfg.attn_prob_quant if cfg.binary else "none"
+    ctx = L.MultiHeadAttentionCore(
+        num_heads=spec.heads, prob_quant=prob_quant, lsa=lsa, name=f"{name}_core"
+    )([q, k, v])
+    ctx = L.batch_norm(f"{name}_ctx_bn")(ctx)
+    ctx = tf.keras.layers.Add(name=f"{name}_ctx_res")([ctx, *residuals])
+    ctx = L.RPReLU(name=f"{name}_ctx_rprelu")(ctx)
+    out = L.token_linear(ctx, spec.dim, binary=cfg.binary, name=f"{name}_proj")
+    if cfg.layerscale:
+        out = L.LayerScale(init_scale=0.1, name=f"{name}_ls")(out)
+    return out
+
+
 def attention(xn: tf.Tensor, cfg: BinaryViTConfig, spec: StageSpec, *, name: str) -> tf.Tensor:
     """BinaryViT self-attention (docs/papers.md 1.3), with K/V spatial reduction when sr_ratio > 1.
 
@@ -184,22 +205,9 @@ def attention(xn: tf.Tensor, cfg: BinaryViTConfig, spec: StageSpec, *, name: str
     src = L.spatial_reduction(xn, r, binary=cfg.binary, name=f"{name}_sr")
     k_pre = L.token_linear(src, c, binary=cfg.binary, name=f"{name}_k")
     v_pre = L.token_linear(src, c, binary=cfg.binary, name=f"{name}_v")
-    q = quantize_activation(q_pre, cfg, name=f"{name}_q_sign")
-    k = quantize_activation(k_pre, cfg, name=f"{name}_k_sign")
-    v = quantize_activation(v_pre, cfg, name=f"{name}_v_sign")
-    prob_quant = cfg.attn_prob_quant if cfg.binary else "none"
-    ctx = L.MultiHeadAttentionCore(
-        num_heads=spec.heads, prob_quant=prob_quant, lsa=cfg.lsa, name=f"{name}_core"
-    )([q, k, v])
-    ctx = L.batch_norm(f"{name}_ctx_bn")(ctx)
     k_up = L.upsample_nearest(k_pre, r, name=f"{name}_k_up")
     v_up = L.upsample_nearest(v_pre, r, name=f"{name}_v_up")
-    ctx = tf.keras.layers.Add(name=f"{name}_ctx_res")([ctx, q_pre, k_up, v_up])
-    ctx = L.RPReLU(name=f"{name}_ctx_rprelu")(ctx)
-    out = L.token_linear(ctx, c, binary=cfg.binary, name=f"{name}_proj")
-    if cfg.layerscale:
-        out = L.LayerScale(init_scale=0.1, name=f"{name}_ls")(out)
-    return out
+    return attend(q_pre, k_pre, v_pre, (q_pre, k_up, v_up), cfg, spec, lsa=cfg.lsa, name=name)
 
 
 def pool_branches(xn2: tf.Tensor, cfg: BinaryViTConfig, *, extra: int, grid: Tuple[int, int],
@@ -245,20 +253,9 @@ def class_attention_block(tokens: tf.Tensor, patches: tf.Tensor, cfg: BinaryViTC
     q_pre = L.TokenRange(start=0, stop=t, name=f"{name}_attn_q_tokens")(q_all)
     k_pre = L.token_linear(zn, c, binary=cfg.binary, name=f"{name}_attn_k")
     v_pre = L.token_linear(zn, c, binary=cfg.binary, name=f"{name}_attn_v")
-    q = quantize_activation(q_pre, cfg, name=f"{name}_attn_q_sign")
-    k = quantize_activation(k_pre, cfg, name=f"{name}_attn_k_sign")
-    v = quantize_activation(v_pre, cfg, name=f"{name}_attn_v_sign")
-    prob_quant = cfg.attn_prob_quant if cfg.binary else "none"
-    ctx = L.MultiHeadAttentionCore(num_heads=spec.heads, prob_quant=prob_quant,
-                                   name=f"{name}_attn_core")([q, k, v])
-    ctx = L.batch_norm(f"{name}_attn_ctx_bn")(ctx)
     k_own = L.TokenRange(start=0, stop=t, name=f"{name}_attn_k_own")(k_pre)
     v_own = L.TokenRange(start=0, stop=t, name=f"{name}_attn_v_own")(v_pre)
-    ctx = tf.keras.layers.Add(name=f"{name}_attn_ctx_res")([ctx, q_pre, k_own, v_own])
-    ctx = L.RPReLU(name=f"{name}_attn_ctx_rprelu")(ctx)
-    out = L.token_linear(ctx, c, binary=cfg.binary, name=f"{name}_attn_proj")
-    if cfg.layerscale:
-        out = L.LayerScale(init_scale=0.1, name=f"{name}_attn_ls")(out)
+    out = attend(q_pre, k_pre, v_pre, (q_pre, k_own, v_own), cfg, spec, lsa=False, name=f"{name}_attn")
     tokens = tf.keras.layers.Add(name=f"{name}_attn_res")([tokens, out])
     tn2 = L.batch_norm(f"{name}_bn2")(tokens)
     out = L.mlp(tn2, spec.mlp_ratio, binary=cfg.binary, layerscale=cfg.layerscale, name=f"{name}_mlp")
