@@ -48,9 +48,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from edgebvit.commands import bench, export, inspect, models, train
+    from edgebvit.commands import bench, export, inspect, models, study, train
 
-    for mod in (train, export, inspect, bench, models):
+    for mod in (train, export, inspect, bench, models, study):
         cli.add_command(mod.command)
 
 

@@ -8,7 +8,7 @@ from edgebvit.cli import cli
 
 from conftest import run_cli
 
-COMMANDS = ["train", "export", "inspect", "bench", "models"]
+COMMANDS = ["train", "export", "inspect", "bench", "models", "study"]
 
 
 def test_version_and_help():
