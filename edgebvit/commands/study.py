@@ -30,7 +30,7 @@ def _list_ladders() -> None:
             click.echo(f"  {r.key:<16} {r.model:<34} {extra}{paper}{distil}")
 
 
-@click.command("study", context_settings={"ignore_unknown_options": False})
+@click.command("study")
 @click.argument("ladder", required=False)
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--list", "list_", is_flag=True, help="List the ladders and their rungs, then exit.")
@@ -79,9 +79,9 @@ def command(ladder, overrides, list_, out, rungs, data, data_dir, max_train_samp
         raise EdgebvitError("name a ladder (edgebvit study --list shows them), e.g. `edgebvit study binaryvit`")
     if teacher and teacher_model:
         raise EdgebvitError("--teacher and --teacher-model both name a teacher; pass one")
-    for kv in overrides:
-        if "=" not in kv:
-            raise EdgebvitError(f"unexpected argument {kv!r}: extra arguments are KEY=VALUE train overrides")
+    from edgebvit.training.config import parse_overrides
+
+    parse_overrides(overrides)  # the train command's own KEY=VALUE check, before any run starts
     from edgebvit.study.ladders import get_ladder
     from edgebvit.study.runner import Study, StudySettings
 

@@ -56,7 +56,8 @@ class StudySettings:
     overrides: List[str] = field(default_factory=list)  # KEY=VALUE for every run
 
 
-def _same(saved: Dict, now: Dict) -> List[str]:
+def _changed_keys(saved: Dict, now: Dict) -> List[str]:
+    """Settings that differ from the saved study's; more seeds or rungs only extend it."""
     return [k for k in now if saved.get(k) != now[k] and k not in ("seeds", "rungs")]
 
 
@@ -80,7 +81,7 @@ class Study:
                 saved = json.loads(path.read_text())
             except ValueError:
                 raise EdgebvitError(f"{path} is not valid JSON; move it away to start this study afresh") from None
-            changed = _same(saved, now)
+            changed = _changed_keys(saved, now)
             if changed:
                 raise EdgebvitError(
                     f"{self.out} was started with other settings ({', '.join(changed)} differ); resume it with "
@@ -172,9 +173,10 @@ class Study:
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(self.out / "table.csv", buf.getvalue())
-        atomic_write_text(self.out / "table.md", markdown_table(self.ladder, self.settings, rows, teacher, seconds))
+        table = markdown_table(self.ladder, self.settings, rows, teacher, seconds)
+        atomic_write_text(self.out / "table.md", table)
         atomic_write_bytes(self.out / "plot.png", plot_png(self.ladder, rows))
-        self.echo("\n" + (self.out / "table.md").read_text())
+        self.echo("\n" + table)
         self.echo(f"wrote {self.out / 'table.md'}, {self.out / 'table.csv'}, {self.out / 'plot.png'}")
 
 
