@@ -8,7 +8,8 @@ from click.testing import CliRunner
 import edgebvit  # noqa: F401
 from edgebvit.cli import cli
 from edgebvit.commands.train import resolve_run_config
-from edgebvit.training.config import RunConfig, load_config_file, merge, parse_overrides, set_value
+from edgebvit.training.config import (RunConfig, auto_batch_size, load_config_file, merge, parse_overrides,
+                                      set_value)
 from edgebvit.errors import EdgebvitError
 from edgebvit.training.recipes import RECIPES, get_recipe
 
@@ -93,6 +94,18 @@ def test_precedence_recipe_file_options_overrides(tmp_path):
         load_config_file(bad)
     with pytest.raises(EdgebvitError, match="cannot read"):
         load_config_file(tmp_path / "missing.json")
+
+
+def test_auto_batch_size_is_32_on_a_short_budget():
+    # 94 steps at 128 (4,000 images x 3 epochs) is short: batch 32; the quickstart's 625 is not.
+    assert auto_batch_size(4000, 3) == 32 and auto_batch_size(40000, 2) == 128
+    assert auto_batch_size(128 * 500, 1) == 128 and auto_batch_size(128 * 499, 1) == 32
+    assert auto_batch_size(128 * 250, 2) == 128 and auto_batch_size(10, 1) == 32
+    assert RunConfig().validate().batch_size is None  # resolved once the data is loaded
+    assert resolve_run_config(options={"batch_size": 64}).batch_size == 64  # a given batch is kept
+    # A recipe without a batch is its design at 128, its lr scaled for 128.
+    cfg = resolve_run_config(recipe="deit", options={})
+    assert cfg.batch_size == 128 and cfg.optim.learning_rate == pytest.approx(5e-4 * 128 / 512)
 
 
 def test_cli_dry_run_prints_resolved_config(tmp_path):

@@ -21,7 +21,7 @@ def _parse_model_overrides(items) -> Dict[str, Any]:
 
 def resolve_run_config(*, recipe=None, config_file=None, options: Dict[str, Any], overrides=(), model_overrides=()):
     """defaults < recipe < --config FILE < command-line options < key=value overrides."""
-    from edgebvit.training.config import RunConfig, load_config_file, merge, parse_overrides
+    from edgebvit.training.config import DEFAULT_BATCH_SIZE, RunConfig, load_config_file, merge, parse_overrides
     from edgebvit.training.recipes import get_recipe
 
     file_keys = load_config_file(Path(config_file)) if config_file else {}
@@ -31,8 +31,10 @@ def resolve_run_config(*, recipe=None, config_file=None, options: Dict[str, Any]
     probe = merge(merge(merge(RunConfig(), file_keys), cli_keys), kv)
     cfg = RunConfig()
     if recipe:
-        cfg = merge(cfg, get_recipe(recipe, probe.batch_size))
-        cfg.recipe = recipe
+        # A recipe is a fixed design at batch 128 unless a batch is given; its lr scales with it.
+        batch = probe.batch_size or DEFAULT_BATCH_SIZE
+        cfg = merge(cfg, get_recipe(recipe, batch))
+        cfg.recipe, cfg.batch_size = recipe, batch
     cfg = merge(merge(merge(cfg, file_keys), cli_keys), kv)
     if model_overrides:
         cfg.model_overrides = {**cfg.model_overrides, **_parse_model_overrides(model_overrides)}
@@ -61,7 +63,7 @@ _RECIPE_HELP = (
 @click.option("--teacher", type=click.Path(file_okay=False), default=None,
               help="Finished run directory of a float teacher: distil from its model.keras (soft KD unless distill.mode says hard).")
 @click.option("--epochs", type=int, default=None, help="[default: 3]")
-@click.option("--batch-size", type=int, default=None, help="Global batch. [default: 128]")
+@click.option("--batch-size", type=int, default=None, help="Global batch. [default: auto: 128, or 32 when 128 would give fewer than 500 optimizer steps]")
 @click.option("--lr", "learning_rate", type=float, default=None, help="Peak learning rate (cosine decay). [default: 1e-3]")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "bop"]), default=None,
               help="adam; adamw (decoupled weight decay, never on binary kernels); bop (Bop for binary kernels, Adam for the rest). [default: adam]")

@@ -17,14 +17,14 @@ from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from edgebvit.artifacts import (BEST_MODEL_FILE, BEST_STATE_FILE, CALIBRATION_FILE, CHECKPOINT_DIR, METRICS_CSV,
+from edgebvit.artifacts import (BEST_MODEL_FILE, BEST_STATE_FILE, CALIBRATION_FILE, CHECKPOINT_DIR, CONFIG_FILE, METRICS_CSV,
                                 METRICS_JSON, MODEL_FILE, PARITY_FILE, SUMMARY_FILE, TENSORBOARD_DIR)
 from edgebvit.errors import EdgebvitError
 from edgebvit.fileio import atomic_write_json
 from edgebvit.models.layers import binary_latent_kernels, fused, install_kernel_switch
 from edgebvit.training.callbacks import (BestModelSaver, FlipRatioLogger, LearningRateLogger, LossSchedule,
                                          MetricsLogger, epoch_plan)
-from edgebvit.training.config import RunConfig, describe
+from edgebvit.training.config import RunConfig, auto_batch_size, describe
 from edgebvit.training.data import Dataset, load_dataset, make_tf_dataset, split_validation, subsample
 from edgebvit.training.distill import load_teacher
 from edgebvit.training.optim import make_optimizer, optimizer_steps
@@ -173,6 +173,12 @@ def _train_locked(cfg: RunConfig, run_dir: Path, strategy, *, resume: bool, verb
     ds, (x_val, y_val) = split_validation(ds, cfg.val_fraction, cfg.seed)
     log(ds.describe())
     _check_data_fits_model(cfg, ds)
+    if cfg.batch_size is None:
+        # Resolved from the data once and recorded, so config.json says what the run trained at.
+        cfg.batch_size = auto_batch_size(len(ds.x_train), cfg.epochs)
+        log(f"batch size {cfg.batch_size} (auto: {len(ds.x_train)} images x {cfg.epochs} epochs; "
+            "batch 32 below 500 steps at 128, docs/study.md)")
+        atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
     if strategy.num_replicas_in_sync > 1:
         log(f"strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replicas, "
             f"{cfg.batch_size // strategy.num_replicas_in_sync} images per replica per step")
@@ -257,6 +263,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, strategy, *, resume: bool, verb
         "epochs": len(metrics) or epochs_run,
         "epochs_this_session": epochs_run,
         "optimizer_steps": optimizer_steps(model.optimizer),
+        "batch_size": cfg.batch_size,
         "train_seconds_this_session": round(train_seconds, 1),
         "images_per_second": round(seen / train_seconds, 1) if train_seconds > 0 else None,
         "replicas": int(strategy.num_replicas_in_sync),
