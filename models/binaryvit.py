@@ -73,6 +73,9 @@ class BinaryViTConfig:
     lsa: bool = False  # Locality Self-Attention: learnable temperature, diagonal masked
     attn_prob_quant: str = "binary"  # "binary": BiT {0, alpha}; "none": float softmax
     binary: bool = True  # False builds the full-precision twin (same graph, float convs)
+    # Linear/conv initialisation (layers.WEIGHT_INITS): "trunc_normal" 0.02 (timm/DeiT); "torch":
+    # PyTorch's defaults, U(+-1/sqrt(fan_in)), what the official code effectively trains from.
+    init: str = "trunc_normal"
 
     def stages(self) -> Tuple["StageSpec", ...]:
         """Per-stage values, scalars broadcast to every stage; ModelError on inconsistent lengths."""
@@ -103,6 +106,8 @@ class BinaryViTConfig:
         h, w, _ = self.input_shape
         if self.head not in HEADS:
             raise ModelError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.init not in L.WEIGHT_INITS:
+            raise ModelError(f"init must be one of {', '.join(L.WEIGHT_INITS)}, got {self.init!r}")
         if self.attn_prob_quant not in ("binary", "none"):
             raise ModelError(f"attn_prob_quant must be 'binary' or 'none', got {self.attn_prob_quant!r}")
         if h % self.patch_size or w % self.patch_size:
@@ -156,8 +161,8 @@ def stem(x: tf.Tensor, cfg: BinaryViTConfig, dim: int) -> tf.Tensor:
         x = L.shifted_patch_tokenization(x, cfg.patch_size, dim, norm="batch", name="stem_spt")
     else:
         x = tf.keras.layers.Conv2D(
-            dim, cfg.patch_size, strides=cfg.patch_size, use_bias=True,
-            kernel_initializer=L.trunc_normal(0.02), name="stem_conv",
+            dim, cfg.patch_size, strides=cfg.patch_size, use_bias=True, kernel_initializer=L.kernel_init(),
+            bias_initializer=L.bias_init(cfg.patch_size ** 2 * int(x.shape[-1])), name="stem_conv",
         )(x)
     if cfg.stem_bn:
         x = L.batch_norm("stem_bn")(x)
@@ -292,6 +297,11 @@ def downsample(x: tf.Tensor, cfg: BinaryViTConfig, *, name: str) -> tf.Tensor:
 def build_binaryvit(cfg: BinaryViTConfig) -> tf.keras.Model:
     """Build a BinaryViT (isotropic or pyramid) as a functional Keras model returning logits."""
     cfg.validate()
+    with L.weight_init(cfg.init):
+        return _build(cfg)
+
+
+def _build(cfg: BinaryViTConfig) -> tf.keras.Model:
     specs = cfg.stages()
     inputs = tf.keras.Input(shape=tuple(cfg.input_shape), name="image")
     x = stem(inputs, cfg, specs[0].dim)

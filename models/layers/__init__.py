@@ -25,8 +25,8 @@ written are docs/lce.md:
 
 Everything is re-exported here: ``from edgebvit.models import layers as L; L.RPReLU``.
 """
-from edgebvit.models.layers.base import (BN_EPSILON, BN_MOMENTUM, PACKAGE, batch_norm, serializable,
-                                         torch_default_init, trunc_normal)
+from edgebvit.models.layers.base import (BN_EPSILON, BN_MOMENTUM, PACKAGE, WEIGHT_INITS, batch_norm, bias_init,
+                                         kernel_init, serializable, torch_default_init, trunc_normal, weight_init)
 from edgebvit.models.layers import fused
 from edgebvit.models.layers.quantizers import (STE_MASKS, ApproxSign, ReCUSign, ScaledSign, binary_latent_kernels,
                                                binary_layers, install_kernel_switch, latent, set_ste_mask)
@@ -56,5 +56,6 @@ __all__ = [
     "circular_roll", "classifier_head", "float_linear", "fused", "install_kernel_switch", "latent", "mlp",
     "multi_pool_branches", "patch_merging", "scaled_dot_product", "serializable", "set_ste_mask",
     "shifted_patch_tokenization", "spatial_reduction", "token_linear", "token_row", "torch_default_init",
-    "trunc_normal", "upsample_nearest", "window_merge", "zero_padded_avg_pool",
+    "trunc_normal", "upsample_nearest", "WEIGHT_INITS", "bias_init", "kernel_init", "weight_init", "window_merge",
+    "zero_padded_avg_pool",
 ]

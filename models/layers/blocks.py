@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from edgebvit.models.layers.base import batch_norm, trunc_normal
+from edgebvit.models.layers.base import batch_norm, bias_init, kernel_init
 from edgebvit.models.layers.elementwise import LayerScale, LearnableBias, RPReLU, channel_shortcut
 from edgebvit.models.layers.linear import binary_conv, token_linear
 from edgebvit.models.layers.tokens import PatchGrid, TakeToken
@@ -62,9 +62,9 @@ def patch_merging(x: tf.Tensor, out_channels: int, *, name: str, binary: bool = 
     ``residual=False`` is the full-precision `PatchEmbed` of BinaryViT* and BHViT's dagger
     variants: ``BN(Conv2x2s2(BN0(x)))``, float, no residual, no RPReLU.
     `centre` is the binary weights' centring (BinaryViT's convs do not centre, BHViT's do);
-    `kernel_initializer` is the float conv's (trunc-normal 0.02 by default).
+    `kernel_initializer` is the float conv's (default: the build's scheme, base.kernel_init).
     """
-    init = kernel_initializer or trunc_normal(0.02)
+    init = kernel_initializer or kernel_init()
     x0 = batch_norm(f"{name}_bn0")(x)
     if not residual:
         h = tf.keras.layers.Conv2D(out_channels, 2, strides=2, use_bias=False, kernel_initializer=init,
@@ -86,7 +86,7 @@ def patch_merging(x: tf.Tensor, out_channels: int, *, name: str, binary: bool = 
 def classifier_head(x: tf.Tensor, num_classes: int, *, pooling: str = "gap", distill: bool = False,
                     extra_tokens: int = 0, grid: Optional[Sequence[int]] = None) -> tf.Tensor:
     """Final BN, then the class token (``pooling="cls"``) or the mean of the final tokens
-    (``"gap"``), then a float linear classifier (trunc-normal 0.02): the head of both families.
+    (``"gap"``), then a float linear classifier (the build's initialisation scheme): the head of both families.
 
     `distill` adds DeiT's distillation head (Touvron et al. 2021, "Training data-efficient image
     transformers", 4): a second float linear `head_dist` on the distillation token (the row's
@@ -108,10 +108,12 @@ def classifier_head(x: tf.Tensor, num_classes: int, *, pooling: str = "gap", dis
         dist_index = 0
     else:
         feature = tf.keras.layers.GlobalAveragePooling2D(name="head_gap")(x)
-    logits = tf.keras.layers.Dense(num_classes, kernel_initializer=trunc_normal(0.02), name="head")(feature)
+    fan_in = int(x.shape[-1])
+    logits = tf.keras.layers.Dense(num_classes, kernel_initializer=kernel_init(), bias_initializer=bias_init(fan_in),
+                                   name="head")(feature)
     if not distill:
         return logits
     dist = TakeToken(index=dist_index, name="head_dist_token")(x)
-    dist_logits = tf.keras.layers.Dense(num_classes, kernel_initializer=trunc_normal(0.02),
-                                        name="head_dist")(dist)
+    dist_logits = tf.keras.layers.Dense(num_classes, kernel_initializer=kernel_init(),
+                                        bias_initializer=bias_init(fan_in), name="head_dist")(dist)
     return tf.keras.layers.Average(name="head_average")([logits, dist_logits])

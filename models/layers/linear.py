@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from edgebvit.models.layers.base import batch_norm, serializable, trunc_normal
+from edgebvit.models.layers.base import batch_norm, kernel_init, serializable
 from edgebvit.models.layers.elementwise import LearnableBias, RPReLU, channel_shortcut
 from edgebvit.models.layers.quantizers import ApproxSign, QuantConv2D, ReCUSign, ScaledSign
 
@@ -47,7 +47,7 @@ def binary_conv(
         input_quantizer=ApproxSign(),
         kernel_quantizer=ReCUSign() if recu else ScaledSign(centre=centre),
         kernel_constraint=None,  # the official code clips nothing; the STE mask does the job
-        kernel_initializer=trunc_normal(0.02),
+        kernel_initializer=kernel_init(),
         use_bias=False,
         name=name,
     )
@@ -94,7 +94,7 @@ def float_linear(
     student differ only in precision.
     """
     h = tf.keras.layers.Conv2D(
-        out_channels, 1, use_bias=False, kernel_initializer=trunc_normal(0.02), name=name
+        out_channels, 1, use_bias=False, kernel_initializer=kernel_init(), name=name
     )(x)
     h = batch_norm(f"{name}_bn")(h)
     if residual:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from edgebvit.models.layers.base import batch_norm, serializable, trunc_normal
+from edgebvit.models.layers.base import batch_norm, bias_init, kernel_init, serializable, trunc_normal
 
 
 @serializable
@@ -208,5 +208,6 @@ def shifted_patch_tokenization(
     else:
         h = tf.keras.layers.LayerNormalization(epsilon=1e-5, name=f"{name}_norm")(h)
     return tf.keras.layers.Conv2D(
-        dim, 1, use_bias=True, kernel_initializer=trunc_normal(0.02), name=f"{name}_linear"
+        dim, 1, use_bias=True, kernel_initializer=kernel_init(), bias_initializer=bias_init(int(h.shape[-1])),
+        name=f"{name}_linear"
     )(h)
