@@ -63,6 +63,7 @@ def test_per_stage_fields_broadcast_and_must_agree():
     (dict(sr_ratios=3), "does not reduce"),
     (dict(spt=True, patch_size=1), "even patch"),
     (dict(attn_prob_quant="ternary"), "attn_prob_quant"),
+    (dict(init="xavier"), "init must be one of trunc_normal, torch"),
 ])
 def test_invalid_configs_are_one_line_model_errors(overrides, match):
     with pytest.raises(ModelError, match=match):
@@ -143,3 +144,22 @@ def test_imagenet_parameter_counts_match_the_official_code(name, total_m, binary
     assert stats.total_params - bn_stats == pytest.approx(total_m * 1e6, rel=0.02)
     assert stats.binary_params == pytest.approx(binary_m * 1e6, rel=0.02)
     assert model.output_shape == (None, 1000)
+
+
+def test_torch_init_draws_kernels_and_biases_uniform_in_one_over_sqrt_fan_in():
+    """init=torch is PyTorch's nn.Linear/nn.Conv2d default (what the official code trains from);
+    the default stays trunc-normal 0.02 with zero biases. Counts and layer names are unchanged."""
+    tf.keras.utils.set_random_seed(0)
+    base = zoo.create_model("binaryvit_tiny_32")
+    torch = zoo.create_model("binaryvit_tiny_32", init="torch")
+    assert [w.name for w in base.weights] == [w.name for w in torch.weights]
+    assert base.count_params() == torch.count_params()
+    w = {v.name: v.numpy() for v in torch.weights}
+    for name, fan_in in (("stem_conv/kernel:0", 16), ("stem_conv/bias:0", 16), ("block0_attn_q/kernel:0", 128),
+                         ("head/kernel:0", 128), ("head/bias:0", 128)):
+        bound = 1 / np.sqrt(fan_in)
+        assert np.abs(w[name]).max() <= bound and np.abs(w[name]).max() > 0.9 * bound, name
+        assert np.std(w[name]) == pytest.approx(bound / np.sqrt(3), rel=0.15), name
+    b = {v.name: v.numpy() for v in base.weights}
+    assert np.abs(b["block0_attn_q/kernel:0"]).max() <= 0.04 + 1e-6 and not b["head/bias:0"].any()
+    assert np.abs(w["pos_embed/embedding:0"]).max() <= 0.04 + 1e-6  # embeddings stay trunc-normal 0.02
