@@ -1,5 +1,6 @@
 """`edgebvit study`: a two-rung, one-seed, few-step study, killed midway, resumed, tabulated."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -33,7 +34,7 @@ def test_ladders_name_registered_models():
 def test_study_kill_resume_table(tmp_path, data):
     out = tmp_path / "study"
     args = [sys.executable, "-m", "edgebvit", "study", "binaryvit", "--rungs", "cls,affine", "--out", str(out),
-            "--data", str(data), "--epochs", "2", "--batch-size", "16", "--eval-images", "16", "--seeds", "0",
+            "--data", str(data), "--epochs", "2", "--eval-images", "16", "--seeds", "0",
             "steps_per_epoch=2", "image_size=32", "channels=1"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first = out / "cls" / "seed0" / "summary.json"
@@ -60,6 +61,21 @@ def test_study_kill_resume_table(tmp_path, data):
     md = (out / "table.md").read_text()
     assert "| 1 binary DeiT (class token) | binaryvit_tiny_32_cls |" in md and "| 48.5 |" in md and "| 61.8 |" in md
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # No --batch-size: each run got train's short-budget batch, recorded in its config and summary.
+    assert "batch auto" in md
+    for rung in ("cls", "affine"):
+        run = out / rung / "seed0"
+        assert json.loads((run / "config.json").read_text())["batch_size"] == 32
+        assert json.loads((run / "summary.json").read_text())["batch_size"] == 32
+
+    # --table-only rebuilds the same rows from the finished runs, training nothing.
+    before = (out / "table.csv").read_text()
+    (out / "table.csv").unlink()
+    res = run_cli("study", "binaryvit", "--table-only", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "table.csv").read_text() == before and "(--table-only)" in (out / "table.md").read_text()
+    res = run_cli("study", "binaryvit", "--table-only", "--out", str(tmp_path / "nothing"))
+    assert res.returncode != 0 and "not a study folder" in res.stderr.strip().splitlines()[-1]
 
     # Same folder, other budget: refused in one line, nothing touched.
     bad = run_cli(*[a if a != "2" else "3" for a in args[3:]])

@@ -42,7 +42,9 @@ def _list_ladders() -> None:
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None)
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Global batch for every rung (default: train's auto rule, 32 when 128 would give fewer "
+                   "than 500 optimizer steps, else 128); a rung's own --batch-size wins.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate for every rung (default: train's).")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; each rung runs once per seed.")
 @click.option("--eval-images", type=click.IntRange(min=1), default=10000, show_default=True,
@@ -54,8 +56,11 @@ def _list_ladders() -> None:
 @click.option("--teacher-epochs", type=click.IntRange(min=1), default=None, help="Teacher epochs (default --epochs).")
 @click.option("--distill-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True)
 @click.option("--distill-weight", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True)
+@click.option("--table-only", is_flag=True,
+              help="Write table.md/csv and plot.png from the runs already finished in --out (whatever seeds "
+                   "each rung has), training nothing; safe while the study runs.")
 def command(ladder, overrides, list_, out, rungs, data, data_dir, max_train_samples, epochs, batch_size, lr, seeds,
-            eval_images, teacher, teacher_model, teacher_epochs, distill_mode, distill_weight) -> None:
+            eval_images, teacher, teacher_model, teacher_epochs, distill_mode, distill_weight, table_only) -> None:
     """Train every rung of LADDER under one budget, export each run and evaluate its flatbuffer.
 
     Each rung and seed is a normal run directory, STUDY/<rung>/seed<S>, made by `edgebvit train`
@@ -98,4 +103,8 @@ def command(ladder, overrides, list_, out, rungs, data, data_dir, max_train_samp
         teacher=str(Path(teacher).resolve()) if teacher else None, teacher_model=teacher_model,
         teacher_epochs=teacher_epochs or 0,
         distill=[f"distill.mode={distill_mode}", f"distill.weight={distill_weight}"], overrides=list(overrides))
-    Study(out or Path("runs") / f"study-{lad.name}", lad, settings, echo=click.echo).run()
+    study = Study(out or Path("runs") / f"study-{lad.name}", lad, settings, echo=click.echo)
+    if table_only:
+        study.tabulate()
+    else:
+        study.run()

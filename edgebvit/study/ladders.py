@@ -73,23 +73,31 @@ def _bhvit() -> Ladder:
 
 
 def _recipe() -> Ladder:
-    """Short-budget training options for binaryvit_tiny_32 (docs/study.md), the float CNN beside."""
+    """Short-budget training options for binaryvit_tiny_32 (docs/study.md), the float CNN beside.
+
+    `defaults` is what `edgebvit train` does with no options: on a short budget (fewer than 500
+    steps at batch 128) that is batch 32, the rule this ladder measured; the `*_b128` rungs are
+    the earlier fixed default. Every other rung changes one option from `defaults`.
+    """
     m = "binaryvit_tiny_32"
+    b128 = ("--batch-size", "128")
     rungs = (
-        Rung("float_cnn", "float cnn_small_32 (reference)", "cnn_small_32", distill=False),
-        Rung("defaults", "binaryvit_tiny_32, train defaults", m, distill=False),
-        Rung("lr2e-3", "lr 2e-3", m, train=("--lr", "2e-3"), distill=False),
-        Rung("batch32", "batch 32 (4x the steps)", m, train=("--batch-size", "32"), distill=False),
-        Rung("batch32_lr2e-3", "batch 32, lr 2e-3", m, train=("--batch-size", "32", "--lr", "2e-3"), distill=False),
-        Rung("batch32_warmup", "batch 32, lr 2e-3, 0.5 epoch warm-up", m,
-             train=("--batch-size", "32", "--lr", "2e-3", "--warmup-epochs", "0.5"), distill=False),
-        Rung("two_stage", "batch 32, lr 2e-3, two-stage (1 epoch float weights)", m,
-             train=("--batch-size", "32", "--lr", "2e-3", "optim.stage1_epochs=1"), distill=False),
-        Rung("spt_lsa", "batch 32, lr 2e-3, SPT/LSA", "binaryvit_tiny_32_spt_lsa",
-             train=("--batch-size", "32", "--lr", "2e-3"), distill=False),
-        Rung("bop", "batch 32, Bop", m, train=("--batch-size", "32", "--optimizer", "bop"), distill=False),
-        Rung("distill", "batch 32, lr 2e-3, hard KD from the float CNN", m,
-             train=("--batch-size", "32", "--lr", "2e-3"), distill=True),
+        Rung("float_cnn_b128", "float cnn_small_32, batch 128", "cnn_small_32", train=b128, distill=False),
+        Rung("float_cnn", "float cnn_small_32, defaults", "cnn_small_32", distill=False),
+        Rung("b128", "batch 128 (earlier default)", m, train=b128, distill=False),
+        Rung("b128_lr3e-3", "batch 128, lr 3e-3", m, train=(*b128, "--lr", "3e-3"), distill=False),
+        Rung("b64", "batch 64", m, train=("--batch-size", "64"), distill=False),
+        Rung("defaults", "defaults (auto: batch 32 here)", m, distill=False),
+        Rung("b16", "batch 16", m, train=("--batch-size", "16"), distill=False),
+        Rung("lr2e-3", "defaults + lr 2e-3", m, train=("--lr", "2e-3"), distill=False),
+        Rung("warmup", "defaults + lr 2e-3, 0.5-epoch warm-up", m,
+             train=("--lr", "2e-3", "--warmup-epochs", "0.5"), distill=False),
+        Rung("torch_init", "defaults + PyTorch-default init", m, sets=("init=torch",), distill=False),
+        Rung("two_stage", "defaults + two-stage (1 epoch float weights)", m, train=("optim.stage1_epochs=1",),
+             distill=False),
+        Rung("spt_lsa", "defaults + SPT/LSA", "binaryvit_tiny_32_spt_lsa", distill=False),
+        Rung("bop", "defaults + Bop", m, train=("--optimizer", "bop"), distill=False),
+        Rung("distill", "defaults + hard KD from the float CNN", m, distill=True),
     )
     return Ladder("recipe", "short-budget training options for binaryvit_tiny_32 (docs/study.md)", rungs)
 

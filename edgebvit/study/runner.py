@@ -45,7 +45,7 @@ class StudySettings:
     rungs: List[str]
     data: List[str]  # `edgebvit train` data arguments (--data, --data-dir, --max-train-samples, ...)
     epochs: int
-    batch_size: int
+    batch_size: Optional[int]  # None: train's auto batch (32 for a short budget, else 128)
     lr: Optional[float]
     seeds: List[int]
     eval_images: int
@@ -125,14 +125,17 @@ class Study:
         t = self.teacher_dir()
         if t is not None and s.teacher_model and not s.teacher:
             self._train(t, s.teacher_model, [*s.data, "--epochs", str(s.teacher_epochs or s.epochs),
-                                             "--batch-size", str(s.batch_size), "--seed", str(s.seeds[0])])
+                                             *self._batch_args(), "--seed", str(s.seeds[0])])
         if t is not None and not (t / "summary.json").is_file():
             raise EdgebvitError(f"teacher {t} is not a finished run directory (no summary.json)")
         return t
 
+    def _batch_args(self) -> List[str]:
+        return [] if self.settings.batch_size is None else ["--batch-size", str(self.settings.batch_size)]
+
     def rung_args(self, rung: Rung, seed: int, teacher: Optional[Path]) -> List[str]:
         s = self.settings
-        args = [*s.data, "--epochs", str(s.epochs), "--batch-size", str(s.batch_size), "--seed", str(seed)]
+        args = [*s.data, "--epochs", str(s.epochs), *self._batch_args(), "--seed", str(seed)]
         if s.lr is not None:
             args += ["--lr", repr(s.lr)]
         args += list(rung.train)  # a rung's own options come later and win
@@ -166,8 +169,27 @@ class Study:
         self.write(rows, teacher, time.perf_counter() - start)
         return rows
 
+    def tabulate(self) -> List[Dict]:
+        """Write the table and plot from the runs already finished and exported in the folder (any
+        seeds, the ladder's rungs), training nothing: safe while the study itself still runs."""
+        path = self.out / STUDY_FILE
+        if not path.is_file():
+            raise EdgebvitError(f"{self.out} has no {STUDY_FILE}: not a study folder (run the study first)")
+        saved = json.loads(path.read_text())
+        self.settings = StudySettings(**{k: v for k, v in saved.items() if k in StudySettings.__dataclass_fields__})
+        rows = []
+        for rung in self.ladder.rungs:
+            for d in sorted((self.out / rung.key).glob("seed*"), key=lambda p: int(p.name[4:] or -1)):
+                if d.name[4:].isdigit() and all((d / f).is_file() for f in ("summary.json", "model.export.json")):
+                    rows.append(run_row(d, rung, int(d.name[4:])))
+        if not rows:
+            raise EdgebvitError(f"{self.out} has no finished and exported run of ladder {self.ladder.name!r} yet")
+        t = self.teacher_dir()
+        self.write(rows, t if t is not None and (t / "summary.json").is_file() else None, None)
+        return rows
+
     # --------------------------------------------------------------------------------------
-    def write(self, rows: List[Dict], teacher: Optional[Path], seconds: float) -> None:
+    def write(self, rows: List[Dict], teacher: Optional[Path], seconds: Optional[float]) -> None:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
@@ -229,31 +251,39 @@ def _by_rung(ladder: Ladder, rows: List[Dict]) -> List[tuple]:
     return [(r, [x for x in rows if x["rung"] == r.key]) for r in ladder.rungs if any(x["rung"] == r.key for x in rows)]
 
 
-def markdown_table(ladder: Ladder, s: StudySettings, rows: List[Dict], teacher: Optional[Path], seconds: float) -> str:
+def markdown_table(ladder: Ladder, s: StudySettings, rows: List[Dict], teacher: Optional[Path],
+                   seconds: Optional[float]) -> str:
     lines = [f"# {ladder.name}: {ladder.description}", "",
              "| rung | model | params binary / float | MACs binary / float / attention | flatbuffer | operators | "
-             "Keras test % | flatbuffer test % | agreement (lowest) | paper ImageNet top-1 |",
-             "|" + "---|" * 10]
+             "seeds | Keras test % | flatbuffer test % | agreement (lowest) | Keras, whole test split % | "
+             "paper ImageNet top-1 |",
+             "|" + "---|" * 12]
     for rung, runs in _by_rung(ladder, rows):
         r = runs[0]
         agree = [x["top1_agreement"] for x in runs if x["top1_agreement"] is not None]
         lines.append(
             f"| {rung.label} | {r['model']} | {r['binary_params'] / 1e6:.2f} M / {r['float_params'] / 1e3:.1f} k | "
             f"{r['binary_macs'] / 1e6:.1f} M / {r['float_macs'] / 1e6:.2f} M / {r['attention_macs'] / 1e6:.2f} M | "
-            f"{r['flatbuffer_kib']} KiB | {r['operators']} | {_spread([x['keras_test_accuracy'] for x in runs])} | "
+            f"{r['flatbuffer_kib']} KiB | {r['operators']} | {len(runs)} | "
+            f"{_spread([x['keras_test_accuracy'] for x in runs])} | "
             f"{_spread([x['flatbuffer_test_accuracy'] for x in runs])} | "
-            f"{(str(min(agree)) + '%') if agree else '-'} | {rung.paper if rung.paper is not None else '-'} |")
+            f"{(str(min(agree)) + '%') if agree else '-'} | {_spread([x['train_test_accuracy'] for x in runs])} | "
+            f"{rung.paper if rung.paper is not None else '-'} |")
     seeds = sorted({x["seed"] for x in rows})
     t = ""
     if teacher is not None:
         acc = json.loads((teacher / "summary.json").read_text()).get("test_accuracy")
         t = f"; teacher {teacher.name} ({acc:.2%} test) with {' '.join(s.distill) or 'its defaults'} where a rung distils"
     n_eval = sorted({x["eval_images"] for x in rows if x["eval_images"]})
-    lines += ["", f"Budget: `{' '.join(s.data)}`, {s.epochs} epochs, batch {s.batch_size}"
+    lines += ["", f"Budget: `{' '.join(s.data)}`, {s.epochs} epochs, batch "
+                  f"{s.batch_size or 'auto (train: 32 below 500 steps at 128)'}"
                   f"{', lr ' + repr(s.lr) if s.lr is not None else ''} (a rung's own options override), seeds "
                   f"{', '.join(map(str, seeds))} (mean +- sample std){t}. Keras and flatbuffer accuracies on the same "
                   f"{'/'.join(map(str, n_eval)) or '?'} held-out test images (export's parity gate); sizes and counts "
-                  f"of the first seed's run. This invocation took {seconds:.0f} s."]
+                  f"of the first seed's run. The whole-split column is each run's own Keras evaluation on all "
+                  f"{'/'.join(sorted({str(x['test_images']) for x in rows}))} test images after training. "
+                  + (f"This invocation took {seconds:.0f} s." if seconds is not None
+                     else f"Tabulated from the {len(rows)} finished runs in the folder (--table-only).")]
     return "\n".join(lines) + "\n"
 
 
