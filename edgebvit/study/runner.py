@@ -73,14 +73,21 @@ class Study:
         self.python = python
 
     # --------------------------------------------------------------------------------------
+    def _saved_settings(self) -> Optional[Dict]:
+        """STUDY/study.json as saved, or None for a new study folder."""
+        path = self.out / STUDY_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise EdgebvitError(f"{path} is not valid JSON; move it away to start this study afresh") from None
+
     def _check_settings(self) -> None:
         path = self.out / STUDY_FILE
         now = asdict(self.settings)
-        if path.is_file():
-            try:
-                saved = json.loads(path.read_text())
-            except ValueError:
-                raise EdgebvitError(f"{path} is not valid JSON; move it away to start this study afresh") from None
+        saved = self._saved_settings()
+        if saved is not None:
             changed = _changed_keys(saved, now)
             if changed:
                 raise EdgebvitError(
@@ -172,16 +179,17 @@ class Study:
     def tabulate(self) -> List[Dict]:
         """Write the table and plot from the runs already finished and exported in the folder (any
         seeds, the ladder's rungs), training nothing: safe while the study itself still runs."""
-        path = self.out / STUDY_FILE
-        if not path.is_file():
+        saved = self._saved_settings()
+        if saved is None:
             raise EdgebvitError(f"{self.out} has no {STUDY_FILE}: not a study folder (run the study first)")
-        saved = json.loads(path.read_text())
         self.settings = StudySettings(**{k: v for k, v in saved.items() if k in StudySettings.__dataclass_fields__})
         rows = []
         for rung in self.ladder.rungs:
-            for d in sorted((self.out / rung.key).glob("seed*"), key=lambda p: int(p.name[4:] or -1)):
-                if d.name[4:].isdigit() and all((d / f).is_file() for f in ("summary.json", "model.export.json")):
-                    rows.append(run_row(d, rung, int(d.name[4:])))
+            seeds = sorted(int(d.name[4:]) for d in (self.out / rung.key).glob("seed*") if d.name[4:].isdigit())
+            for seed in seeds:
+                d = self.run_dir(rung, seed)
+                if all((d / f).is_file() for f in ("summary.json", "model.export.json")):
+                    rows.append(run_row(d, rung, seed))
         if not rows:
             raise EdgebvitError(f"{self.out} has no finished and exported run of ladder {self.ladder.name!r} yet")
         t = self.teacher_dir()
@@ -253,6 +261,8 @@ def _by_rung(ladder: Ladder, rows: List[Dict]) -> List[tuple]:
 
 def markdown_table(ladder: Ladder, s: StudySettings, rows: List[Dict], teacher: Optional[Path],
                    seconds: Optional[float]) -> str:
+    from edgebvit.training.config import AUTO_BATCH_RULE  # loads TensorFlow, as run_row's zoo_stats does
+
     lines = [f"# {ladder.name}: {ladder.description}", "",
              "| rung | model | params binary / float | MACs binary / float / attention | flatbuffer | operators | "
              "seeds | Keras test % | flatbuffer test % | agreement (lowest) | Keras, whole test split % | "
@@ -276,7 +286,7 @@ def markdown_table(ladder: Ladder, s: StudySettings, rows: List[Dict], teacher: 
         t = f"; teacher {teacher.name} ({acc:.2%} test) with {' '.join(s.distill) or 'its defaults'} where a rung distils"
     n_eval = sorted({x["eval_images"] for x in rows if x["eval_images"]})
     lines += ["", f"Budget: `{' '.join(s.data)}`, {s.epochs} epochs, batch "
-                  f"{s.batch_size or 'auto (train: 32 below 500 steps at 128)'}"
+                  f"{s.batch_size or 'auto (' + AUTO_BATCH_RULE + ')'}"
                   f"{', lr ' + repr(s.lr) if s.lr is not None else ''} (a rung's own options override), seeds "
                   f"{', '.join(map(str, seeds))} (mean +- sample std){t}. Keras and flatbuffer accuracies on the same "
                   f"{'/'.join(map(str, n_eval)) or '?'} held-out test images (export's parity gate); sizes and counts "

@@ -24,7 +24,7 @@ from edgebvit.fileio import atomic_write_json
 from edgebvit.models.layers import binary_latent_kernels, fused, install_kernel_switch
 from edgebvit.training.callbacks import (BestModelSaver, FlipRatioLogger, LearningRateLogger, LossSchedule,
                                          MetricsLogger, epoch_plan)
-from edgebvit.training.config import RunConfig, auto_batch_size, describe
+from edgebvit.training.config import AUTO_BATCH_RULE, RunConfig, auto_batch_size, describe
 from edgebvit.training.data import Dataset, load_dataset, make_tf_dataset, split_validation, subsample
 from edgebvit.training.distill import load_teacher
 from edgebvit.training.optim import make_optimizer, optimizer_steps
@@ -176,8 +176,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, strategy, *, resume: bool, verb
     if cfg.batch_size is None:
         # Resolved from the data once and recorded, so config.json says what the run trained at.
         cfg.batch_size = auto_batch_size(len(ds.x_train), cfg.epochs)
-        log(f"batch size {cfg.batch_size} (auto: {len(ds.x_train)} images x {cfg.epochs} epochs; "
-            "batch 32 below 500 steps at 128, docs/study.md)")
+        log(f"batch size {cfg.batch_size} (auto for {len(ds.x_train)} images x {cfg.epochs} epochs: "
+            f"{AUTO_BATCH_RULE}; docs/study.md)")
         atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
     if strategy.num_replicas_in_sync > 1:
         log(f"strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replicas, "

@@ -63,4 +63,3 @@ def steps_in_epoch(n_images: int, batch_size: int, cap: Optional[int]) -> int:
     """Batches per epoch: every image once (the last batch may be short), at most `cap`."""
     steps = -(-n_images // batch_size)
     return min(steps, cap) if cap else steps
-
