@@ -19,8 +19,6 @@ from edgebvit.models.layers.attention import MultiHeadAttentionCore
 from edgebvit.models.layers.qd import QDAttention, QDLsq, QDThermometer
 
 INT8_LEVELS = 127  # symmetric narrow range: -127..127, scale 1 represents integers exactly
-SOFTMAX_MAX = 255.0 / 256.0  # TFLite's int8 softmax output: scale 1/256, zero point -128
-MASK_MARGIN = 8.0  # a masked score sits this far below every real one: exp(-8) < 1/512, so 0 in int8
 
 
 # ---- observers -----------------------------------------------------------------------------
@@ -235,30 +233,27 @@ def prob_levels(core) -> Optional[ProbLevels]:
     raise ModelError(f"{core.name}: no integer form for {type(core).__name__}")
 
 
-def _grid_threshold(t: float, strict: bool) -> float:
-    """A threshold halfway between two int8 softmax levels (j / 256) giving the same decision
-    as ``P > t`` (or ``P >= t``) for every representable P."""
-    if not np.isfinite(t) or t >= 1.0:
-        return 2.0  # never reached: P <= 255/256
-    if t < 0:
-        return -1.0
-    j = math.floor(t * 256) + 1 if strict else math.ceil(t * 256)  # smallest level index that passes
-    return (j - 0.5) / 256.0
-
-
 class IntegerAttention(_Twin):
     """Attention over +-1 Q, K, V with both matmuls in int8 and exact matmul inputs.
 
-    ``S = Q K^T`` are integers in [-d, d] (scale 1 when d <= 127); the scaled scores and
-    the softmax are int8; the probability quantizer becomes integer counts ``K_c`` from
-    comparisons with thresholds placed between softmax levels, and ``ctx = scale_h * (K_c V)``
-    with ``K_c V`` integers in [-m N, m N]. `source` is the original core (its config and
-    weights); `layout` is ``"grid"`` (B, H, W, C) or ``"rows"`` (B, R, T, C).
+    ``S = Q K^T`` are integers in [-d, d] (int8 with scale 1 when d <= 127). The scaling, the
+    softmax and the probability quantizer's comparisons run in float: an int8 softmax (output
+    scale 1/256) moves probabilities by up to 1/512 and flips binarized ones that sit near a
+    threshold, which costs a trained model up to 13 points of top-1 agreement (docs/integer.md).
+    The quantizer's integer counts ``K_c`` in [0, m] are exact in int8, and
+    ``ctx = scale_h * (K_c V)`` with ``K_c V`` integers in [-m N, m N].
+
+    The graph is written for the converter's unrolled matmuls: the heads are channel slices of
+    (B, T, C) tokens (no transposes around Q and K), V is transposed once so that every per-head
+    P.V is a FULLY_CONNECTED with V as its weights, and the heads' contexts are concatenated
+    back on the channel axis. `source` is the original core; `layout` is ``"grid"``
+    (B, H, W, C) or ``"rows"`` (B, R, T, C), whose R rows are separate attention problems.
     """
 
     def __init__(self, *, num_heads: int, head_dim: int, score_scale, levels: Optional[ProbLevels],
-                 mask_diagonal: bool, layout: str, **kwargs):
+                 mask_diagonal: bool, layout: str, calibrated: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.calibrated = calibrated  # mode "full": the float tensors around the matmuls get ranges too
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.score_scale = np.asarray(score_scale, dtype=np.float32).reshape(-1)  # () or (heads,)
@@ -270,70 +265,72 @@ class IntegerAttention(_Twin):
         k_shape = input_shape[1]
         nk = int(k_shape[1] * k_shape[2]) if self.layout == "grid" else int(k_shape[2])
         d = self.head_dim
-        sc = float(np.max(np.abs(self.score_scale)))
         obs = self._obs
-        self.obs_scores = obs("scores", exact_symmetric(d), True)
-        low = -d * sc - (d * sc + MASK_MARGIN if self.mask_diagonal else 0.0)
-        self.obs_scaled = obs("scaled", (low, d * sc))
-        self.obs_probs = obs("probs", (0.0, SOFTMAX_MAX))
+        h = self.num_heads
+        self.obs_scores = [obs(f"scores{i}", exact_symmetric(d), True) for i in range(h)]
+        self.obs_stacked = obs("scores", exact_symmetric(d), True) if h > 1 else None
         m = self.levels.levels if self.levels is not None else 1
-        self.obs_counts = obs("counts", (0.0, float(m)))
         bound = m * nk if self.levels is not None else nk
-        self.obs_context = obs("context", exact_symmetric(bound), True)
         if self.levels is not None:
-            amax = float(np.max(np.abs(self.levels.scale))) or 1.0
-            self.obs_output = obs("output", (-amax * bound, amax * bound), True)
-            if self.quantize:  # between softmax levels: the same decision for every int8 P
-                thr = [[_grid_threshold(t, self.levels.strict) for t in row] for row in self.levels.thresholds]
-            else:
-                thr = np.minimum(self.levels.thresholds, 2.0)
-            self.thresholds = np.asarray(thr, dtype=np.float32)  # (heads, m)
-            self.strict = self.levels.strict or self.quantize
+            self.obs_counts = obs("counts", (0.0, float(m)))
+        else:  # a float softmax feeds P.V: its probabilities are not exact in int8
+            self.obs_counts = obs("probs", (0.0, 1.0))
+        # scale_h * (K_c V) is not exact on one per-tensor int8 grid (per-head scales): the
+        # integer context is dequantized and scaled in float, or calibrated in mode "full".
+        self.obs_output = RangeObserver(name=f"{self.name}_output") if self.quantize and self.calibrated else None
+        self.obs_context = [obs(f"context{i}", exact_symmetric(bound), True) for i in range(h)]
+        self.obs_concat = obs("context", exact_symmetric(bound), True) if h > 1 else None
         super().build(input_shape)
 
-    def _heads(self, x):
-        # (B, ..., C) -> (B * heads, T, d). LCE converts at batch 1 and still unrolls the matmul
-        # into one FULLY_CONNECTED per head (measured: the same operator count as 4-D heads).
-        t = x.shape[1] * x.shape[2] if self.layout == "grid" else x.shape[2]
-        x = tf.reshape(x, (-1, t, self.num_heads, self.head_dim))
-        x = tf.transpose(x, (0, 2, 1, 3))
-        return tf.reshape(x, (-1, t, self.head_dim))
+    def _tokens(self, x):
+        """(B, H, W, C) -> (B, H W, C); (B, R, T, C) -> (B R, T, C)."""
+        if self.layout == "grid":
+            return tf.reshape(x, (-1, x.shape[1] * x.shape[2], x.shape[3]))
+        return tf.reshape(x, (-1, x.shape[2], x.shape[3]))
+
+    def _split(self, x, axis):
+        return tf.split(x, self.num_heads, axis=axis) if self.num_heads > 1 else [x]
+
+    def _probabilities(self, s):
+        """Float scores (G, heads, T, N) -> the quantizer's counts (or float probabilities).
+
+        ``P > t`` is decided as ``exp(s) > t * sum(exp(s))``, without a SOFTMAX op: the
+        converter gives a SOFTMAX output TFLite's fixed int8 range (1/256 steps) and then runs
+        the comparison in int8, which is the rounding this twin exists to avoid.
+        """
+        scale = self.score_scale.reshape(1, -1, 1, 1) if self.score_scale.size > 1 else float(self.score_scale[0])
+        s = s * scale
+        if self.head_dim * float(np.max(np.abs(self.score_scale))) > 60.0:  # exp could overflow
+            s = s - tf.reduce_max(s, axis=-1, keepdims=True)
+        if self.mask_diagonal and s.shape[-1] == s.shape[-2]:
+            s = s - tf.eye(s.shape[-1], dtype=s.dtype) * 1e9  # as the model masks self-similarity
+        e = tf.exp(s)
+        total = tf.reduce_sum(e, axis=-1, keepdims=True)
+        if self.levels is None:
+            return e / total
+        counts = None
+        for kk in range(self.levels.levels):
+            t = np.minimum(self.levels.thresholds[:, kk], 2.0).astype(np.float32).reshape(1, -1, 1, 1)
+            bar = total * t
+            hit = tf.cast(e > bar if self.levels.strict else e >= bar, e.dtype)
+            counts = hit if counts is None else counts + hit
+        return counts
 
     def call(self, inputs):
         q, k, v = inputs
-        qh, kh, vh = self._heads(q), self._heads(k), self._heads(v)
-        h = self.num_heads
-        s = self._o(self.obs_scores, tf.matmul(qh, kh, transpose_b=True))
-        s = tf.reshape(s, (-1, h, s.shape[1], s.shape[2]))
-        scale = self.score_scale.reshape(1, -1, 1, 1) if self.score_scale.size > 1 else float(self.score_scale[0])
-        s = s * scale
-        if self.mask_diagonal and s.shape[-1] == s.shape[-2]:
-            n = s.shape[-1]
-            d_sc = self.head_dim * float(np.max(np.abs(self.score_scale)))
-            s = s - tf.eye(n, dtype=s.dtype) * (2 * d_sc + MASK_MARGIN)
-        s = self._o(self.obs_scaled, s)
-        p = self._o(self.obs_probs, tf.nn.softmax(s, axis=-1))
-        flat = lambda a: tf.reshape(a, (-1, a.shape[2], a.shape[3]))  # noqa: E731
-        if self.levels is None:
-            ctx = self._o(self.obs_context, tf.matmul(flat(p), vh))
-        else:
-            counts = None
-            for kk in range(self.levels.levels):
-                t = self.thresholds[:, kk].reshape(1, -1, 1, 1)
-                cond = p > t if self.strict else p >= t
-                one, zero = tf.constant(1.0), tf.constant(0.0)
-                if self.quantize:  # int8 constants: SELECT_V2 then runs in int8
-                    one = tf.quantization.fake_quant_with_min_max_args(one, 0.0, 1.0)
-                    zero = tf.quantization.fake_quant_with_min_max_args(zero, 0.0, 1.0)
-                hit = tf.where(cond, one, zero)
-                counts = hit if counts is None else counts + hit
-            counts = self._o(self.obs_counts, counts)
-            ctx = self._o(self.obs_context, tf.matmul(flat(counts), vh))
-        ctx = tf.reshape(ctx, (-1, h, ctx.shape[1], ctx.shape[2]))  # (B, heads, T, d)
-        if self.levels is not None:
-            a = self.levels.scale.astype(np.float32).reshape(1, -1, 1, 1)
+        qt, kt, vt = self._tokens(q), self._tokens(k), self._tokens(v)  # (G, T, C)
+        heads = range(self.num_heads)
+        qs, ks = self._split(qt, -1), self._split(kt, -1)
+        vs = self._split(tf.transpose(vt, (0, 2, 1)), 1)  # (G, d, N) each: FULLY_CONNECTED weights
+        scores = [self._o(self.obs_scores[i], tf.matmul(qs[i], ks[i], transpose_b=True)) for i in heads]
+        s = self._o(self.obs_stacked, tf.stack(scores, axis=1)) if self.num_heads > 1 else scores[0][:, None]
+        p = self._o(self.obs_counts, self._probabilities(s))
+        ps = tf.unstack(p, axis=1) if self.num_heads > 1 else [p[:, 0]]
+        ctx = [self._o(self.obs_context[i], tf.matmul(ps[i], vs[i], transpose_b=True)) for i in heads]
+        ctx = self._o(self.obs_concat, tf.concat(ctx, axis=-1)) if self.num_heads > 1 else ctx[0]
+        if self.levels is not None:  # the per-head scale, one value per channel of its head
+            a = np.repeat(self.levels.scale.astype(np.float32), self.head_dim)
             ctx = self._o(self.obs_output, ctx * a)
-        ctx = tf.transpose(ctx, (0, 2, 1, 3))
         return tf.reshape(ctx, (-1, *q.shape[1:]))
 
     def compute_output_shape(self, input_shape):
@@ -341,12 +338,13 @@ class IntegerAttention(_Twin):
 
 
 
-def integer_attention(core, *, quantize: bool, name: str):
+def integer_attention(core, *, quantize: bool, name: str, calibrated: bool = False):
     """The `IntegerAttention` twin of a MultiHeadAttentionCore or QDAttention."""
     if isinstance(core, MultiHeadAttentionCore):
         scale = core.temperature.numpy() if core.lsa else 1.0 / math.sqrt(core.head_dim)
         return IntegerAttention(num_heads=core.num_heads, head_dim=core.head_dim, score_scale=scale,
                           levels=prob_levels(core), mask_diagonal=core.lsa, layout="grid", quantize=quantize,
-                          name=name)
+                          calibrated=calibrated, name=name)
     return IntegerAttention(num_heads=core.num_heads, head_dim=core.head_dim, score_scale=1.0 / math.sqrt(core.head_dim),
-                      levels=prob_levels(core), mask_diagonal=False, layout="rows", quantize=quantize, name=name)
+                      levels=prob_levels(core), mask_diagonal=False, layout="rows", quantize=quantize,
+                      calibrated=calibrated, name=name)

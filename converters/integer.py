@@ -143,7 +143,7 @@ def _twin_outputs(node, layer, args, kwargs, mode: str, info: TwinInfo):
         info.attention.extend(inner.attention)
         return inner.model(*args, **kwargs)
     elif isinstance(layer, (MultiHeadAttentionCore, QDAttention)):
-        twin = integer_attention(layer, quantize=mode != "float", name=layer.name)
+        twin = integer_attention(layer, quantize=mode != "float", calibrated=mode == "full", name=layer.name)
         kind, outputs = "integer attention", twin(*args, **kwargs)
         info.attention.append(_attention_facts(layer, twin))
     else:

@@ -30,21 +30,56 @@ def _small(name, classes, **extra):
     return m
 
 
-# ---- the step functions are exact on the int8 softmax grid -------------------------------------
+# ---- the integer core is exact in the flatbuffer --------------------------------------------------
 
-@pytest.mark.parametrize("alpha", [0.001, 0.0039, 0.005, 0.013, 0.3])
-def test_grid_threshold_matches_bit_binarizer_on_every_int8_probability(alpha):
-    p = np.arange(256) / 256.0  # every value an int8 softmax can output
-    want = np.clip(np.round(p / alpha), 0, 1)  # BiT: round(P / alpha) clipped to [0, 1]
-    t = int8_layers._grid_threshold(alpha / 2, strict=True)
-    assert np.array_equal((p > t).astype(float), want)
+def _core_model(levels, *, heads=2, dim=64, lsa=False):
+    """One input (8, 8, 3C) -> +-1 Q, K, V -> IntegerAttention: a single input keeps the
+    interpreter's input order out of the comparison."""
+    x = tf.keras.Input((8, 8, 3 * dim), name="qkv")
+    q, k, v = (int8_layers.RangeObserver(fixed=(-1.0, 1.0), narrow_range=True, name=f"sign_{n}")(tf.sign(t) + 0.0)
+               for n, t in zip("qkv", tf.split(x, 3, axis=-1)))
+    scale = np.linspace(0.1, 0.2, heads) if lsa else 1.0 / np.sqrt(dim // heads)
+    core = int8_layers.IntegerAttention(num_heads=heads, head_dim=dim // heads, score_scale=scale, levels=levels,
+                                        mask_diagonal=lsa, layout="grid", quantize=True, name="core")
+    return tf.keras.Model(x, core((q, k, v)))
 
 
-def test_grid_thresholds_match_the_qd_thermometer():
-    p = np.arange(256) / 256.0
-    want = np.clip(np.floor(3 * p + 0.5), 0, 3)
-    counts = sum((p > int8_layers._grid_threshold((k - 0.5) / 3, strict=False)).astype(float) for k in (1, 2, 3))
-    assert np.array_equal(counts, want)
+def _median_probability(heads, dim, x):
+    """A threshold amid the softmax probabilities of the test inputs: it splits the decisions."""
+    q, k, _ = np.split(np.sign(x.reshape(len(x), 64, 3 * dim)), 3, axis=-1)
+    d = dim // heads
+    s = np.einsum("bqhd,bkhd->bhqk", q.reshape(len(x), 64, heads, d), k.reshape(len(x), 64, heads, d)) / np.sqrt(d)
+    p = np.unique(np.exp(s) / np.exp(s).sum(-1, keepdims=True))
+    lo = len(p) // 4  # the widest gap between two probabilities that occur, in the middle half:
+    i = lo + 1 + int(np.argmax(np.diff(p[lo:3 * lo]) / p[lo + 1:3 * lo]))  # no decision is a float tie
+    assert (p[i] - p[i - 1]) / p[i] > 1e-3
+    return float((p[i - 1] + p[i]) / 2)
+
+
+@pytest.mark.parametrize("form", ["bit", "thermometer", "lsq", "lsa", "one_head"])
+def test_integer_core_is_exact_in_the_flatbuffer(form):
+    """Scores, the quantizer's decisions and the integer context equal Keras's in the flatbuffer:
+    thresholds at the median probability put half of all decisions next to a threshold."""
+    from edgebvit.converters.export import ExportOptions, convert
+    from edgebvit.converters.parity import make_interpreter, run_interpreter
+
+    heads, dim = (1, 32) if form == "one_head" else (2, 64)
+    x = np.random.default_rng(3).normal(size=(6, 8, 8, 3 * dim)).astype(np.float32)
+    t = _median_probability(heads, dim, x)
+    if form in ("bit", "lsa", "one_head"):
+        levels = int8_layers.ProbLevels(thresholds=np.full((heads, 1), t), scale=np.full(heads, 2 * t))
+    elif form == "thermometer":
+        levels = int8_layers.ProbLevels(thresholds=np.tile([t / 2, t, 2 * t], (heads, 1)), scale=np.ones(heads),
+                                        strict=False)
+    else:  # LSQ: per-head scales and thresholds
+        levels = int8_layers.ProbLevels(thresholds=np.array([[t / 2, t, 3 * t], [t, 2 * t, 4 * t]]),
+                                        scale=np.array([0.01, 0.03]))
+    model = _core_model(levels, heads=heads, dim=dim, lsa=form == "lsa")
+    keras = model.predict(x, verbose=0)
+    interp, _ = make_interpreter(convert(model, ExportOptions()))
+    lce = run_interpreter(interp, x).reshape(keras.shape)
+    assert np.abs(keras).max() > 0
+    assert np.abs(lce - keras).max() <= 1e-5 * np.abs(keras).max()
 
 
 def test_dead_binarizer_is_reported_and_outputs_zero():
@@ -68,6 +103,18 @@ def test_float_twin_is_the_same_function(name):
     x = np.random.default_rng(0).normal(size=(16, 16, 16, 1)).astype(np.float32)
     a, b = m(x, training=False).numpy(), info.model(x, training=False).numpy()
     assert np.abs(a - b).max() <= 1e-3 * max(1.0, np.abs(a).max())
+
+
+@pytest.mark.parametrize("name", ["binaryvit_tiny_32", "binaryvit_tiny_32_spt_lsa", "bhvit_tiny_32"])
+def test_attention_twin_is_the_same_function(name):
+    """Every range of mode "attention" holds its value set exactly: fake-quant changes nothing."""
+    tf.keras.utils.set_random_seed(0)
+    m = _small(name, 10)
+    info = integer.integer_twin(m, mode="attention")
+    shape = m.input_shape[1:]
+    x = np.random.default_rng(0).normal(size=(8, *shape)).astype(np.float32)
+    a, b = m(x, training=False).numpy(), info.model(x, training=False).numpy()
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
 
 
 def test_rebuild_never_touches_the_original():
