@@ -12,6 +12,10 @@ def _integer_lines(info: dict) -> List[str]:
         return [f"integer: none ({note})"] if note else ["integer: none (float outside the binary convs)"]
     parts = ", ".join(f"{n} {k}" for k, n in sorted(info.get("replaced", {}).items()))
     lines = [f"integer: {info['mode']} ({parts or info.get('note') or 'nothing to rewrite'})"]
+    lean = info.get("lean")
+    if lean and (lean.get("moved_shifts") or lean.get("fused_pool_groups")):
+        lines.append(f"  lean graph: {lean['moved_shifts']} shift(s) moved into neighbouring biases, "
+                     f"{lean['fused_pool_groups']} pooling-branch group(s) as depthwise convs")
     cal = info.get("calibration")
     if cal:
         lines.append(f"  calibrated {cal['calibrated_tensors']} tensor ranges on {cal['images']} images from {cal['path']}")

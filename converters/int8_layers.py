@@ -105,25 +105,62 @@ class _Twin(tf.keras.layers.Layer):
 
 
 class PReLUTwin(_Twin):
-    """RPReLU ``PReLU(x - gamma) + zeta`` as SUB, PRELU, ADD (TFLite fuses Keras's PReLU form)."""
+    """RPReLU ``PReLU(x - gamma) + zeta`` as SUB, PRELU, ADD (TFLite fuses Keras's PReLU form).
 
-    def __init__(self, *, source, **kwargs):
+    `shift_in` / `shift_out` override the source's (the lean graph moves them into neighbouring
+    biases); a shift that is all zeros emits no op.
+    """
+
+    def __init__(self, *, source, shift_in=None, shift_out=None, **kwargs):
         super().__init__(**kwargs)
-        self.shift_in = source.shift_in.numpy()
+        self.shift_in = source.shift_in.numpy() if shift_in is None else np.asarray(shift_in, np.float32)
         self.slope = source.slope.numpy()
-        self.shift_out = source.shift_out.numpy()
+        self.shift_out = source.shift_out.numpy() if shift_out is None else np.asarray(shift_out, np.float32)
 
     def build(self, input_shape):
-        self.o_in, self.o_act, self.o_out = self._obs("in"), self._obs("act"), self._obs("out")
+        self.o_in = self._obs("in") if np.any(self.shift_in) else None
+        self.o_act = self._obs("act")
+        self.o_out = self._obs("out") if np.any(self.shift_out) else None
         super().build(input_shape)
 
     def call(self, x):
-        h = self._o(self.o_in, x - self.shift_in)
+        h = self._o(self.o_in, x - self.shift_in) if np.any(self.shift_in) else x
         # The form TFLite fuses into one PRELU: alpha shaped like one sample, batch axis dropped.
         neg_slope = (-self.slope).reshape((1,) * (x.shape.rank - 2) + (-1,))
         h = tf.nn.relu(h) + tf.nn.relu(-h) * neg_slope
         h = self._o(self.o_act, h)
-        return self._o(self.o_out, h + self.shift_out)
+        return self._o(self.o_out, h + self.shift_out) if np.any(self.shift_out) else h
+
+
+class ShiftTwin(_Twin):
+    """A per-channel shift ``x + b`` (LearnableBias, with what the lean graph moved into it)."""
+
+    def __init__(self, *, bias, **kwargs):
+        super().__init__(**kwargs)
+        self.bias = np.asarray(bias, dtype=np.float32)
+
+    def build(self, input_shape):
+        self.o_add = self._obs("add")
+        super().build(input_shape)
+
+    def call(self, x):
+        return self._o(self.o_add, x + self.bias)
+
+
+def shifted_batch_norm(source, delta) -> tf.keras.layers.BatchNormalization:
+    """A copy of an inference BatchNorm with ``delta`` added to its output (beta + delta): still a
+    Keras BatchNorm, so LCE folds it into the binary conv before it as it folded the original."""
+    bn = tf.keras.layers.BatchNormalization.from_config(source.get_config())
+    bn.build(source.input_shape)
+    weights = {w.name.split("/")[-1].split(":")[0]: w for w in source.weights}
+    values = []
+    for w in bn.weights:
+        key = w.name.split("/")[-1].split(":")[0]
+        v = weights[key].numpy()
+        values.append(v + np.asarray(delta, v.dtype) if key == "beta" else v)
+    bn.set_weights(values)
+    return bn
+
 
 class AffineTwin(_Twin):
     """A per-channel affine ``x * a + m`` (LayerScale, a BatchNorm no conv absorbs).
@@ -163,21 +200,68 @@ class AddTwin(_Twin):
         return h
 
 class SignTwin(_Twin):
-    """BinarySign ``sign(x + b)``: the ADD observed, the +-1 output exact in int8."""
+    """BinarySign ``sign(x + b)``: the ADD observed, the +-1 output exact in int8.
 
-    def __init__(self, *, source, **kwargs):
+    `bias` overrides the source's (zeros when the lean graph moved it into the producer: no
+    ADD); `observe_sign` puts the fixed +-1 range on the output (the int8 attention it feeds).
+    """
+
+    def __init__(self, *, source, bias=None, observe_sign: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.bias = source.bias.numpy()
+        self.bias = source.bias.numpy() if bias is None else np.asarray(bias, np.float32)
+        self.observe_sign = observe_sign
 
     def build(self, input_shape):
         self.sign = lq.quantizers.ApproxSign()
-        self.o_add = self._obs("add")
+        self.o_add = self._obs("add") if np.any(self.bias) else None
         # Always observed, even outside mode "full": the attention twin it feeds is int8.
-        self.o_sign = RangeObserver(fixed=(-1.0, 1.0), narrow_range=True, name=f"{self.name}_sign")
+        self.o_sign = (RangeObserver(fixed=(-1.0, 1.0), narrow_range=True, name=f"{self.name}_sign")
+                       if self.observe_sign else None)
         super().build(input_shape)
 
     def call(self, x):
-        return self.o_sign(self.sign(self._o(self.o_add, x + self.bias)))
+        h = self._o(self.o_add, x + self.bias) if np.any(self.bias) else x
+        return self._o(self.o_sign, self.sign(h))
+
+
+class PoolBranchesTwin(_Twin):
+    """BinaryViT's pooling branches ``sum_i LS_i(AvgPool_i(x))`` (zero-padded, stride 1) as
+    depthwise convolutions: one for the 1xk pools, one for the kx1 pools, one for any other
+    shape, each kernel the sum of its branches' 1/k windows times their LayerScale, centred
+    (SAME zero padding: PyTorch's count_include_pad borders). Up to 4 PAD, 4 AVERAGE_POOL_2D and
+    4 DEPTHWISE_CONV_2D become 2 DEPTHWISE_CONV_2D. `branches`: ((kh, kw), scale, shift) each.
+    """
+
+    def __init__(self, *, branches, **kwargs):
+        super().__init__(**kwargs)
+        groups = {}
+        for (kh, kw), scale, _ in branches:
+            groups.setdefault("h" if kh == 1 else "v" if kw == 1 else "2d", []).append(((kh, kw), scale))
+        self.kernels = []
+        for members in groups.values():
+            kh_max, kw_max = max(k[0] for k, _ in members), max(k[1] for k, _ in members)
+            c = len(members[0][1])
+            w = np.zeros((kh_max, kw_max, c, 1), np.float64)
+            for (kh, kw), scale in members:
+                oh, ow = (kh_max - kh) // 2, (kw_max - kw) // 2
+                w[oh:oh + kh, ow:ow + kw, :, 0] += np.asarray(scale, np.float64) / (kh * kw)
+            self.kernels.append(w.astype(np.float32))
+        self.bias = np.sum([np.asarray(b, np.float64) for _, _, b in branches], axis=0).astype(np.float32)
+
+    def build(self, input_shape):
+        self.obs = [self._obs(f"dw{i}") for i in range(len(self.kernels))]
+        self.obs_sum = [self._obs(f"sum{i}") for i in range(len(self.kernels) - 1)]
+        super().build(input_shape)
+
+    def call(self, x):
+        out = None
+        for i, w in enumerate(self.kernels):
+            h = tf.nn.depthwise_conv2d(x, w, strides=(1, 1, 1, 1), padding="SAME")
+            if i == 0:
+                h = tf.nn.bias_add(h, self.bias)
+            h = self._o(self.obs[i], h)
+            out = h if out is None else self._o(self.obs_sum[i - 1], out + h)
+        return out
 
 
 # ---- the attention twin --------------------------------------------------------------------

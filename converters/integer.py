@@ -30,12 +30,14 @@ from typing import Dict, List, Tuple
 import numpy as np
 import tensorflow as tf
 
+from edgebvit.converters import lean
 from edgebvit.converters.graph import rebuild_graph
-from edgebvit.converters.int8_layers import (INT8_LEVELS, AddTwin, AffineTwin, PReLUTwin, RangeObserver, SignTwin,
-                                              integer_attention, observers)
+from edgebvit.converters.int8_layers import (INT8_LEVELS, AddTwin, AffineTwin, PoolBranchesTwin, PReLUTwin,
+                                              RangeObserver, ShiftTwin, SignTwin, integer_attention, observers,
+                                              shifted_batch_norm)
 from edgebvit.errors import DataError, ModelError
 from edgebvit.models.layers.attention import MultiHeadAttentionCore
-from edgebvit.models.layers.elementwise import LayerScale, RPReLU
+from edgebvit.models.layers.elementwise import LayerScale, LearnableBias, RPReLU
 from edgebvit.models.layers.linear import BinarySign
 from edgebvit.models.layers.qd import QDAttention
 
@@ -57,6 +59,9 @@ class TwinInfo:
     observed: List[str] = field(default_factory=list)  # tensors given a calibrated range
     attention: List[dict] = field(default_factory=list)  # per attention core: value sets and ranges
     tensors: Dict[str, object] = field(default_factory=dict)  # original layer name -> twin output tensor
+    by_id: Dict[str, object] = field(default_factory=dict)  # original tensor id -> twin tensor
+    moved_shifts: int = 0  # ADD/SUB ops the lean graph moved into neighbouring biases
+    fused_pools: int = 0  # pooling-branch groups written as depthwise convs
 
     @property
     def quantize(self) -> bool:
@@ -94,16 +99,28 @@ def integer_twin(model, *, mode: str = "full") -> TwinInfo:
     quantize = mode == "full"  # observe every float tensor, not only the attention path
     info = TwinInfo(model=None, mode=mode)
     consumers = _consumers(model)
+    plan = lean.plan(model)
+    info.moved_shifts, info.fused_pools = plan.moved_shifts, len(plan.pools)
 
     def wrap_input(old, new):
-        if not quantize:
-            return new
-        info.observed.append("input")
-        return RangeObserver(name=f"{old.name.split(':')[0]}_range")(new)
+        if quantize:
+            info.observed.append("input")
+            new = RangeObserver(name=f"{old.name.split(':')[0]}_range")(new)
+        info.by_id[str(id(old))] = new
+        return new
 
     def visit(node, args, kwargs):
+        outputs = _visit(node, args, kwargs)
+        for tid, t in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+            info.by_id[tid] = t
+        return outputs
+
+    def _visit(node, args, kwargs):
         layer = node.layer
-        outputs = _twin_outputs(node, layer, args, kwargs, mode, info)
+        if layer.name in plan.bn_delta:  # a copy with the moved shifts in its beta, treated as the original
+            layer = shifted_batch_norm(layer, plan.bn_delta[layer.name])
+            info.replaced[node.layer.name] = "shifted BatchNorm"
+        outputs = _twin_outputs(node, layer, args, kwargs, mode, info, plan)
         if outputs is None:  # the layer as it is, observed unless its output needs no range
             outputs = layer(*args, **kwargs)
             kind = type(layer).__name__
@@ -121,26 +138,47 @@ def integer_twin(model, *, mode: str = "full") -> TwinInfo:
     return info
 
 
-def _twin_outputs(node, layer, args, kwargs, mode: str, info: TwinInfo):
+def _twin_outputs(node, layer, args, kwargs, mode: str, info: TwinInfo, plan: lean.LeanPlan):
     """The twin's outputs for a layer edgebvit knows how to rewrite, else None."""
     quantize = mode == "full"
+    name = layer.name
     if isinstance(layer, RPReLU):
-        kind, outputs = "PReLU", PReLUTwin(source=layer, quantize=quantize, name=layer.name)(*args, **kwargs)
+        twin = PReLUTwin(source=layer, shift_in=plan.rprelu_shift_in.get(name), shift_out=plan.rprelu_shift_out.get(name),
+                         quantize=quantize, name=name)
+        kind, outputs = "PReLU", twin(*args, **kwargs)
     elif isinstance(layer, LayerScale):
-        twin = AffineTwin(scale=layer.scale.numpy(), shift=layer.shift.numpy(), quantize=quantize, name=layer.name)
+        twin = AffineTwin(scale=layer.scale.numpy(), shift=plan.layerscale_shift.get(name, layer.shift.numpy()),
+                          quantize=quantize, name=name)
         kind, outputs = "affine", twin(*args, **kwargs)
     elif isinstance(layer, tf.keras.layers.BatchNormalization) and _standalone_bn(node, layer):
         scale, shift = _bn_affine(layer)
-        kind, outputs = "affine", AffineTwin(scale=scale, shift=shift, quantize=quantize, name=layer.name)(*args, **kwargs)
+        kind, outputs = "affine", AffineTwin(scale=scale, shift=shift, quantize=quantize, name=name)(*args, **kwargs)
+    elif isinstance(layer, LearnableBias) and name in plan.learnable_bias:
+        bias = plan.learnable_bias[name]
+        if not np.any(bias):  # moved into its producer: no op at all
+            info.replaced[name] = "shift moved"
+            return args[0]
+        kind, outputs = "shift", ShiftTwin(bias=bias, quantize=quantize, name=name)(*args, **kwargs)
+    elif isinstance(layer, tf.keras.layers.Add) and name in plan.pools:
+        fusion = plan.pools[name]
+        pooled = PoolBranchesTwin(branches=fusion.branches, quantize=quantize, name=f"{name}_pools")(
+            info.by_id[fusion.source_id])
+        terms = [t for i, t in enumerate(args[0]) if i not in fusion.inputs] + [pooled]
+        kind = "pool branches"
+        outputs = AddTwin(quantize=quantize, name=name)(terms) if len(terms) > 1 else terms[0]
     elif isinstance(layer, tf.keras.layers.Add) and len(node.flat_input_ids) > 2 and quantize:
-        kind, outputs = "adds", AddTwin(quantize=quantize, name=layer.name)(*args, **kwargs)
-    elif isinstance(layer, BinarySign) and mode != "float":
-        kind, outputs = "sign", SignTwin(source=layer, quantize=quantize, name=layer.name)(*args, **kwargs)
+        kind, outputs = "adds", AddTwin(quantize=quantize, name=name)(*args, **kwargs)
+    elif isinstance(layer, BinarySign):
+        twin = SignTwin(source=layer, bias=plan.sign_bias.get(name), observe_sign=mode != "float",
+                        quantize=quantize, name=name)
+        kind, outputs = "sign", twin(*args, **kwargs)
     elif isinstance(layer, tf.keras.Model) and getattr(layer, "_is_graph_network", False):
         inner = integer_twin(layer, mode=mode)
         info.replaced.update(inner.replaced)
         info.observed.extend(inner.observed)
         info.attention.extend(inner.attention)
+        info.moved_shifts += inner.moved_shifts
+        info.fused_pools += inner.fused_pools
         return inner.model(*args, **kwargs)
     elif isinstance(layer, (MultiHeadAttentionCore, QDAttention)):
         twin = integer_attention(layer, quantize=mode != "float", calibrated=mode == "full", name=layer.name)
@@ -219,7 +257,8 @@ def integer_model(model, mode: str, *, calibration=None):
         return model, {"mode": "attention", "replaced": {}, "attention": [], "dead_attention": [],
                        "note": "nothing to rewrite (no attention core or element-wise layer edgebvit knows)"}
     report = {"mode": mode, "replaced": dict(Counter(info.replaced.values())), "attention": info.attention,
-              "dead_attention": [a["layer"] for a in info.attention if a["dead"]]}
+              "dead_attention": [a["layer"] for a in info.attention if a["dead"]],
+              "lean": {"moved_shifts": info.moved_shifts, "fused_pool_groups": info.fused_pools}}
     if mode == "full":
         path, sha256, images = calibration
         ranges = calibrate(info, images)

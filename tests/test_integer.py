@@ -27,7 +27,15 @@ def _small(name, classes, **extra):
     m = zoo.create_model(name, **{**cfg, **extra})
     m._name = f"{name}_{classes}"  # unique inside a combined model
     randomize_bn(m, np.random.default_rng(classes))
+    randomize_shifts(m, np.random.default_rng(classes + 100))
     return m
+
+
+def randomize_shifts(model, rng):
+    """Trained-looking shifts, slopes and LayerScales: every move of the lean graph then matters."""
+    for layer in model.submodules:
+        if isinstance(layer, (L.RPReLU, L.LearnableBias, L.BinarySign, L.LayerScale)):
+            layer.set_weights([rng.normal(0.0, 0.2, w.shape).astype(np.float32) for w in layer.get_weights()])
 
 
 # ---- the integer core is exact in the flatbuffer --------------------------------------------------
@@ -100,6 +108,7 @@ def test_float_twin_is_the_same_function(name):
     m = _small(name, 10)
     info = integer.integer_twin(m, mode="float")
     assert "PReLU" in info.replaced.values() and "integer attention" in info.replaced.values()
+    assert info.moved_shifts > 0 and info.fused_pools == 1 and "shifted BatchNorm" in info.replaced.values()
     x = np.random.default_rng(0).normal(size=(16, 16, 16, 1)).astype(np.float32)
     a, b = m(x, training=False).numpy(), info.model(x, training=False).numpy()
     assert np.abs(a - b).max() <= 1e-3 * max(1.0, np.abs(a).max())
@@ -225,3 +234,20 @@ def test_integer_attention_export_end_to_end(tmp_path):
     assert report["inspection"]["macs"]["attention_int8_share"] == 1.0
     assert report["parity"]["top1_agreement"] >= 0.99
     assert "integer: attention" in r.stdout and "in int8)" in r.stdout
+
+
+def test_lean_graph_drops_shift_and_pool_ops():
+    """Moved shifts leave no SUB, fused pooling no PAD or AVERAGE_POOL_2D; a third fewer ops."""
+    from collections import Counter
+
+    from edgebvit.converters.export import ExportOptions, convert
+    from edgebvit.converters.inspect import inspect_flatbuffer
+
+    tf.keras.utils.set_random_seed(4)
+    m = _small("binaryvit_tiny_32", 10, depths=2)
+    before = Counter(op.op_type for op in inspect_flatbuffer(convert(m, ExportOptions())).ops)
+    info = integer.integer_twin(m, mode="attention")
+    after = Counter(op.op_type for op in inspect_flatbuffer(convert(info.model, ExportOptions())).ops)
+    assert before["SUB"] > 0 and before["AVERAGE_POOL_2D"] == 8
+    assert after["SUB"] == 0 and after["PAD"] == 0 and after["AVERAGE_POOL_2D"] == 0
+    assert sum(after.values()) <= 0.7 * sum(before.values()), (before, after)
