@@ -33,10 +33,10 @@ from edgebvit.converters.export_report import format_export_report  # noqa: F401
 from edgebvit.converters.lce_convert import TARGETS, convert, one_line_cause  # noqa: F401 - convert is public here too
 from edgebvit.errors import DataError, EdgebvitError, ModelError, ParityError
 
-INTEGER_MODES = ("none", "attention", "full")
-# "none" until the int8 softmax is shown to keep live attention within the gate: measured, a
-# 1-epoch binaryvit_tiny_32 with live attention failed it in "attention" mode (docs/integer.md).
-DEFAULT_INTEGER = "none"
+INTEGER_MODES = ("auto", "none", "attention", "full")
+# "auto": "attention" (exact int8 attention and the lean graph), or "none" where the model has no
+# integer form or the attention export fails the parity gate; the report says which and why.
+DEFAULT_INTEGER = "auto"
 IO_TYPES = ("float32", "int8")
 DEFAULT_PARITY_IMAGES = 500
 # Random inputs (no held-out images): at most this many input values in total by default, so a
@@ -259,11 +259,32 @@ def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
 
     label = str(src.model_path)
     to_convert, integer_info = _integer_model(model, options, calibration_file, progress)
-    if progress:
-        progress(f"converting {label} with LCE ...")
-    t0 = time.perf_counter()
-    flatbuffer = convert(to_convert, options, label=label)
-    convert_seconds = time.perf_counter() - t0
+
+    def attempt(graph):
+        if progress:
+            progress(f"converting {label} with LCE ...")
+        t0 = time.perf_counter()
+        fb = convert(graph, options, label=label)
+        seconds = time.perf_counter() - t0
+        result, why = None, None
+        if x is not None:
+            if progress and len(x) >= 100:
+                progress(f"parity: {len(x)} samples through Keras and the LCE interpreter ...")
+            result = check_parity(model, fb, x, y, synthetic=synthetic, progress=progress)
+            why = result.verdict(options.min_agreement, options.max_relative_error)
+        return fb, seconds, result, why
+
+    flatbuffer, convert_seconds, parity, reason = attempt(to_convert)
+    if reason and options.integer == "auto" and to_convert is not model:
+        # The default takes the best mode that passes the gate: the float remainder, said so.
+        refused = {"mode": integer_info["mode"], "reason": reason}
+        if progress:
+            progress(f"--integer attention failed the parity gate ({reason}); exporting --integer none ...")
+        to_convert = model
+        integer_info = {"mode": "none", "requested": "auto", "refused": refused,
+                        "note": "the attention export failed the parity gate; this is the float remainder"}
+        flatbuffer, seconds, parity, reason = attempt(model)
+        convert_seconds += seconds
     inspection = inspect_flatbuffer(flatbuffer)
 
     report = ExportReport(
@@ -286,12 +307,8 @@ def export(path, options: ExportOptions = ExportOptions()) -> ExportReport:
     if x is None:
         report.status = "parity_skipped"
     else:
-        if progress and len(x) >= 100:
-            progress(f"parity: {len(x)} samples through Keras and the LCE interpreter ...")
-        parity = check_parity(model, flatbuffer, x, y, synthetic=synthetic, progress=progress)
         report.parity = parity.to_dict()
         report.parity["cap"] = cap
-        reason = parity.verdict(options.min_agreement, options.max_relative_error)
         if reason:
             report.status = "parity_failed"
             failure = f"parity failed: {reason}"

@@ -9,7 +9,11 @@ if TYPE_CHECKING:
 def _integer_lines(info: dict) -> List[str]:
     if not info or info.get("mode") in (None, "none"):
         note = info.get("note") if info else None
-        return [f"integer: none ({note})"] if note else ["integer: none (float outside the binary convs)"]
+        lines = [f"integer: none ({note})"] if note else ["integer: none (float outside the binary convs)"]
+        refused = (info or {}).get("refused")
+        if refused:
+            lines.append(f"  refused --integer {refused['mode']}: {refused['reason']}")
+        return lines
     parts = ", ".join(f"{n} {k}" for k, n in sorted(info.get("replaced", {}).items()))
     lines = [f"integer: {info['mode']} ({parts or info.get('note') or 'nothing to rewrite'})"]
     lean = info.get("lean")

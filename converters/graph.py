@@ -22,7 +22,10 @@ def rebuild_graph(model: tf.keras.Model, visit: Visitor, *,
 
     `wrap_input(old, new)` may put something between each new input and the graph.
     """
-    new_inputs = [tf.keras.Input(type_spec=t.type_spec, name=t.name.split(":")[0]) for t in model.inputs]
+    # A rebuilt model's inputs (a rewrite before this one) may carry no tensor name: the input
+    # layer's name is the same one.
+    new_inputs = [tf.keras.Input(type_spec=t.type_spec, name=(t.name or t.node.layer.name).split(":")[0])
+                  for t in model.inputs]
     tensor_dict = {}
     usage = model._tensor_usage_count
     for x, y in zip(model.inputs, new_inputs):

@@ -105,7 +105,7 @@ def integer_twin(model, *, mode: str = "full") -> TwinInfo:
     def wrap_input(old, new):
         if quantize:
             info.observed.append("input")
-            new = RangeObserver(name=f"{old.name.split(':')[0]}_range")(new)
+            new = RangeObserver(name=f"{(old.name or old.node.layer.name).split(':')[0]}_range")(new)
         info.by_id[str(id(old))] = new
         return new
 
@@ -238,7 +238,7 @@ def calibrate(info: TwinInfo, images: np.ndarray, *, batch_size: int = 64) -> Di
 
 
 def integer_model(model, mode: str, *, calibration=None):
-    """What export converts for `mode` ("none", "attention", "full") and what its report says.
+    """What export converts for `mode` ("auto", "none", "attention", "full") and what its report says.
 
     `calibration` = (path, sha256, images) for "full". A subclassed model or one with nothing to
     rewrite is converted as it is in "attention" mode (the report says why); "full" refuses a
@@ -246,6 +246,12 @@ def integer_model(model, mode: str, *, calibration=None):
     """
     if mode == "none":
         return model, {"mode": "none"}
+    if mode == "auto":  # attention where the model has an integer form, else the float remainder
+        try:
+            twin, report = integer_model(model, "attention")
+        except ModelError as e:
+            return model, {"mode": "none", "requested": "auto", "note": f"no integer form: {e}"}
+        return twin, {**report, "requested": "auto"}
     if not getattr(model, "_is_graph_network", False):
         if mode == "full":
             raise ModelError(f"model {model.name!r} is subclassed; --integer full needs a functional model "

@@ -251,3 +251,31 @@ def test_lean_graph_drops_shift_and_pool_ops():
     assert before["SUB"] > 0 and before["AVERAGE_POOL_2D"] == 8
     assert after["SUB"] == 0 and after["PAD"] == 0 and after["AVERAGE_POOL_2D"] == 0
     assert sum(after.values()) <= 0.7 * sum(before.values()), (before, after)
+
+
+def test_default_is_auto_and_exports_integer_attention(tmp_path):
+    run, _ = _run_dir(tmp_path)
+    r = run_cli("export", run, "--tflite")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((run / "model.export.json").read_text())
+    assert report["integer"]["mode"] == "attention" and report["integer"]["requested"] == "auto"
+    assert report["integer"]["lean"]["moved_shifts"] > 0
+    assert "lean graph:" in r.stdout
+
+
+def test_auto_falls_back_to_none_when_attention_fails_the_gate(tmp_path, monkeypatch):
+    """The default takes the best mode that passes the gate, and the report says what it refused."""
+    from edgebvit.converters.export import ExportOptions, export
+
+    run, _ = _run_dir(tmp_path)
+
+    def broken(model, mode, calibration=None):  # a twin whose logits are negated: top-1 disagrees
+        twin = tf.keras.Model(model.inputs, tf.keras.layers.Rescaling(-1.0)(model.outputs[0]))
+        return twin, {"mode": "attention", "replaced": {}, "attention": [], "dead_attention": []}
+
+    monkeypatch.setattr(integer, "integer_model", broken)
+    report = export(run, ExportOptions(progress=False))
+    assert report.status == "ok" and report.integer["mode"] == "none"
+    assert report.integer["refused"]["mode"] == "attention"
+    assert "top-1 agreement" in report.integer["refused"]["reason"]
+    assert report.parity["top1_agreement"] >= 0.99

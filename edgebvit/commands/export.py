@@ -35,13 +35,15 @@ def _parse_range(value: Optional[str]) -> Optional[Tuple[float, float]]:
 @click.option("--experimental-default-int8-range", "int8_range", metavar="MIN,MAX", default=None,
               help="EXPERIMENTAL, for latency tests only: fallback int8 ranges for float ops without "
                    "calibration. Outputs are not accurate; parity will usually fail.")
-@click.option("--integer", type=click.Choice(["none", "attention", "full"]), default="none", show_default=True,
-              help="What runs in int8 besides the binary convs. attention: both attention matmuls and the "
-                   "softmax in int8 with exact ranges from the known value sets (+-1 Q/K/V, integer scores, "
-                   "quantized probabilities as counts), no calibration, plus the lean graph (RPReLU as PRELU, "
-                   "affines as one op). full: also every other op in int8 with per-tensor ranges calibrated on "
+@click.option("--integer", type=click.Choice(["auto", "none", "attention", "full"]), default="auto", show_default=True,
+              help="What runs in int8 besides the binary convs. attention: both attention matmuls in int8 with "
+                   "exact ranges from the known value sets (+-1 Q/K/V, integer scores, the quantized "
+                   "probabilities as integer counts; softmax in float between them), no calibration, plus the "
+                   "lean graph (shifts folded into neighbouring biases, RPReLU as PRELU, pooling branches as "
+                   "depthwise convs). full: also every other op in int8 with per-tensor ranges calibrated on "
                    "training images (the run's calibration_images.npz or --calibration-data); the parity gate "
-                   "decides whether it is usable. none: float outside the binary convs.")
+                   "decides whether it is usable. none: float outside the binary convs. auto: attention, or "
+                   "none where the model has no integer form or attention fails the parity gate.")
 @click.option("--calibration-data", type=click.Path(path_type=Path), default=None,
               help="NPZ with x: a few hundred model-ready training images, for --integer full on a plain model "
                    "file (a run directory uses its calibration_images.npz).")
