@@ -225,12 +225,14 @@ def test_bad_calibration_fails_the_parity_gate(tmp_path):
     assert report["integer"]["calibration"]["images"] == 2
 
 
-def test_integer_attention_export_end_to_end(tmp_path):
+def test_default_export_is_integer_attention_end_to_end(tmp_path):
+    """No --integer: auto, which exports exact integer attention and the lean graph."""
     run, _ = _run_dir(tmp_path)
-    r = run_cli("export", run, "--tflite", "--integer", "attention")
+    r = run_cli("export", run, "--tflite")
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((run / "model.export.json").read_text())
-    assert report["integer"]["mode"] == "attention"
+    assert report["integer"]["mode"] == "attention" and report["integer"]["requested"] == "auto"
+    assert report["integer"]["lean"]["moved_shifts"] > 0 and "lean graph:" in r.stdout
     assert report["inspection"]["macs"]["attention_int8_share"] == 1.0
     assert report["parity"]["top1_agreement"] >= 0.99
     assert "integer: attention" in r.stdout and "in int8)" in r.stdout
@@ -244,23 +246,13 @@ def test_lean_graph_drops_shift_and_pool_ops():
     from edgebvit.converters.inspect import inspect_flatbuffer
 
     tf.keras.utils.set_random_seed(4)
-    m = _small("binaryvit_tiny_32", 10, depths=2)
+    m = _small("binaryvit_tiny_32", 10)
     before = Counter(op.op_type for op in inspect_flatbuffer(convert(m, ExportOptions())).ops)
     info = integer.integer_twin(m, mode="attention")
     after = Counter(op.op_type for op in inspect_flatbuffer(convert(info.model, ExportOptions())).ops)
-    assert before["SUB"] > 0 and before["AVERAGE_POOL_2D"] == 8
+    assert before["SUB"] > 0 and before["AVERAGE_POOL_2D"] == 4
     assert after["SUB"] == 0 and after["PAD"] == 0 and after["AVERAGE_POOL_2D"] == 0
     assert sum(after.values()) <= 0.7 * sum(before.values()), (before, after)
-
-
-def test_default_is_auto_and_exports_integer_attention(tmp_path):
-    run, _ = _run_dir(tmp_path)
-    r = run_cli("export", run, "--tflite")
-    assert r.returncode == 0, r.stderr[-2000:]
-    report = json.loads((run / "model.export.json").read_text())
-    assert report["integer"]["mode"] == "attention" and report["integer"]["requested"] == "auto"
-    assert report["integer"]["lean"]["moved_shifts"] > 0
-    assert "lean graph:" in r.stdout
 
 
 def test_auto_falls_back_to_none_when_attention_fails_the_gate(tmp_path, monkeypatch):
@@ -277,5 +269,5 @@ def test_auto_falls_back_to_none_when_attention_fails_the_gate(tmp_path, monkeyp
     report = export(run, ExportOptions(progress=False))
     assert report.status == "ok" and report.integer["mode"] == "none"
     assert report.integer["refused"]["mode"] == "attention"
-    assert "top-1 agreement" in report.integer["refused"]["reason"]
+    assert report.integer["refused"]["reason"]  # the gate's own words (agreement, degenerate outputs, ...)
     assert report.parity["top1_agreement"] >= 0.99
